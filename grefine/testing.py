@@ -1,0 +1,155 @@
+"""Builders of tiny, randomly initialised components.
+
+They build the *same classes* that the real runs load (open_clip ``CLIP``, diffusers
+pipelines), only with small configs, so that the test-suite and ``configs/tiny-random.yaml``
+exercise the real code paths on a CPU in seconds. Nothing here downloads anything, and no
+real run uses these builders: their outputs are random.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+def build_tiny_open_clip(
+    *,
+    embed_dim: int = 32,
+    image_size: int = 32,
+    patch_size: int = 8,
+    vision_width: int = 64,
+    vision_layers: int = 3,
+    vision_heads: int = 4,
+    text_width: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    seed: int = 0,
+) -> tuple[nn.Module, Callable]:
+    """A tiny open_clip ``CLIP`` (ViT image tower, 77-token text tower) and its real BPE
+    tokenizer (the vocabulary ships inside open_clip, so no download is needed)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.tokenizer import SimpleTokenizer
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(
+        layers=vision_layers,
+        width=vision_width,
+        head_width=vision_width // vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = CLIPTextCfg(
+        context_length=77,
+        vocab_size=49408,
+        width=text_width,
+        heads=text_heads,
+        layers=text_layers,
+    )
+    model = CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text).eval()
+    # open_clip initialises positional embeddings and LayerNorms to near-constant values;
+    # perturb every parameter so that tests cannot pass by symmetry.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    return model, SimpleTokenizer(context_length=77)
+
+
+def build_tiny_pq_clip(seed: int = 0) -> tuple[nn.Module, Callable]:
+    """A tiny CLIP whose text tower has ViT-B/16's width (512), so that the official PQ-Map
+    prompt embeddings (width 512, 77 tokens) flow through it."""
+    return build_tiny_open_clip(text_width=512, text_layers=1, text_heads=8, seed=seed)
+
+
+def build_tiny_clip_tokenizer(model_max_length: int = 77):
+    """A real ``transformers.CLIPTokenizer`` over a tiny vocabulary (lower-case letters and
+    digits, no merges), written to a temporary folder and loaded from it: no download."""
+    import json
+    import string
+    import tempfile
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    symbols = string.ascii_lowercase + string.digits
+    tokens = list(symbols) + [f"{s}</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+        (root / "merges.txt").write_text("#version: 0.2\n")
+        (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": model_max_length}))
+        return CLIPTokenizer.from_pretrained(folder)
+
+
+def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
+    """A tiny, random ``StableDiffusionXLInpaintPipeline`` with the real SDXL-inpainting layout:
+    a 9-channel UNet (latents + mask + masked-image latents) with ``addition_embed_type=
+    "text_time"``, a 2-level VAE (scale factor 2), two CLIP text encoders (the second with a
+    projection, whose pooled output conditions the UNet), two tiny tokenizers and an Euler
+    scheduler. ``requires_aesthetics_score=False`` as in ``diffusers/stable-diffusion-xl-1.0-
+    inpainting-0.1``: 6 time ids · 8 + 32 pooled = 80 projection inputs."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLInpaintPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=32,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLInpaintPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )

@@ -1,0 +1,32 @@
+"""Packaging for grefine: G-Refine, a general quality refiner for text-to-image generation."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # torch / torchvision are pinned as a pair: it is the pair whose CPU import works together.
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "open_clip_torch>=2.24",
+    "diffusers>=0.30",
+    "transformers>=4.40",
+    "accelerate>=0.30",
+    "nltk>=3.9",
+    "pyiqa>=0.1.13",
+    "numpy",
+    "pillow",
+    "pyyaml",
+    "tqdm",
+    "scikit-image",
+]
+
+setup(
+    name="grefine",
+    version="0.1.0",
+    description="G-Refine: perceptual/alignment quality maps and a two-stage quality refiner for AI-generated images",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["grefine", "grefine.*"]),
+    package_data={"grefine": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+)

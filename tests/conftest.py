@@ -1,0 +1,28 @@
+"""Shared test set-up: offline hub, the ../shared data folder, small thread counts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} not found: the tests read real data from ../shared beside the checkout.")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def pq_embeddings_dir(shared_dir: Path) -> Path:
+    return shared_dir / "pq_embeddings"
