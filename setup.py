@@ -16,6 +16,10 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "scikit-image",
+    # pyiqa's CLIP-based metrics (clipiqa, liqe, clipscore) import pkg_resources, gone from setuptools 81.
+    "setuptools<81",
+    # pyiqa's Q-Align imports icecream.
+    "icecream",
 ]
 
 setup(

@@ -1,0 +1,274 @@
+"""A registry of image-quality metrics for G-Refine's evaluation (§4.2, Tables 2-5).
+
+``create_metric(name)`` returns a :class:`Metric` scoring one image (optionally against a
+prompt or a reference image) as a float. Names:
+
+* every pyiqa metric (``pyiqa.list_models()``), created by ``pyiqa.create_metric``: the
+  paper's perceptual indicators ``clipiqa, unique, liqe, dbcnn, topiq_nr, cnniqa, musiq,
+  brisque, qalign`` and its ``clipscore``, plus weight-free ones such as ``piqe`` (no-reference)
+  and ``psnr``/``ssim`` (full-reference: refined vs. original);
+* the alignment scorers pyiqa lacks, through their own packages / weights: ``imagereward``
+  (package ``image-reward``), ``pickscore`` (transformers, ``yuvalkirstain/PickScore_v1``) and
+  ``hpsv2`` (open_clip ViT-H-14 + the HPS v2 checkpoint).
+
+A metric that cannot be created (weights neither cached nor downloadable, package missing)
+raises :class:`MetricUnavailable`, and only that, so a runner can record it per metric.
+Creation never waits long on the network: socket operations time out after
+``NETWORK_TIMEOUT_S`` and ``HF_HUB_OFFLINE=1`` is honoured by the hub-based loaders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: The 13 indicators of the paper's tables, in column order.
+PAPER_METRICS = (
+    "clipiqa", "unique", "liqe", "dbcnn", "topiq_nr", "cnniqa", "musiq", "brisque", "qalign",
+    "clipscore", "imagereward", "pickscore", "hpsv2",
+)  # fmt: skip
+NETWORK_TIMEOUT_S = 15.0
+# Import name → pip requirement, for the hint of MetricUnavailable. pyiqa's CLIP-based metrics
+# (clipiqa, liqe, clipscore) import pkg_resources, which setuptools ≥ 81 no longer ships.
+_PIP_NAMES = {"ImageReward": "image-reward", "pkg_resources": "setuptools<81"}
+# pyiqa metrics that score a set of images, not one image.
+_DATASET_METRICS = ("fid", "fid_dinov2", "inception_score")
+
+Scorer = Callable[[torch.Tensor, "str | None", "torch.Tensor | None"], float]
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be created here: missing weights (offline), or a missing package."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, ready to score.
+
+    Attributes:
+        name: registry name.
+        lower_better: True for e.g. BRISQUE / PIQE (lower = better quality).
+        needs_prompt: True for alignment metrics (CLIPScore, ImageReward, PickScore, HPSv2).
+        full_reference: True for e.g. PSNR / SSIM, which compare with a ``reference`` image.
+    """
+
+    name: str
+    lower_better: bool
+    needs_prompt: bool
+    full_reference: bool
+    scorer: Scorer
+
+    def __call__(
+        self,
+        image: Image.Image | np.ndarray,
+        prompt: str | None = None,
+        reference: Image.Image | np.ndarray | None = None,
+    ) -> float:
+        """Score ``image`` (PIL or H×W×3 uint8 array); ``prompt`` / ``reference`` as the
+        metric needs (a ``reference`` must have the image's size)."""
+        if self.needs_prompt and prompt is None:
+            raise ValueError(f"metric {self.name!r} needs a prompt")
+        if self.full_reference and reference is None:
+            raise ValueError(f"metric {self.name!r} is full-reference: pass reference=")
+        target = to_tensor(image)
+        ref = to_tensor(reference) if self.full_reference else None
+        if ref is not None and ref.shape != target.shape:
+            raise ValueError(f"reference {tuple(ref.shape)} and image {tuple(target.shape)} differ")
+        return float(self.scorer(target, prompt, ref))
+
+
+def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """PIL / uint8 H×W×3 array → float tensor 1×3×H×W in [0, 1]."""
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {array.shape}")
+    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def list_metrics() -> list[str]:
+    """Every name :func:`create_metric` accepts (whether its weights are present or not)."""
+    return sorted(set(_pyiqa_names()) | set(_OWN_METRICS))
+
+
+def create_metric(name: str, device: str | torch.device | None = None, **options) -> Metric:
+    """Create the metric ``name`` (see :func:`list_metrics`) on ``device`` (default: CUDA if
+    available). ``options`` go to ``pyiqa.create_metric`` for pyiqa metrics, or to the loader
+    of ``imagereward`` (``model``), ``pickscore`` (``model``, ``processor``) and ``hpsv2``
+    (``checkpoint``: a local file, or ``repo_id:filename`` on the hub).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        MetricUnavailable: the metric exists but cannot be created here.
+    """
+    key = name.lower()
+    if key not in list_metrics():
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    build = _OWN_METRICS.get(key, _pyiqa_metric)
+    try:
+        with _network_timeout(NETWORK_TIMEOUT_S):
+            return build(key, device, **options)
+    except MetricUnavailable:
+        raise
+    except Exception as error:  # any creation failure means "unavailable here"
+        raise MetricUnavailable(f"metric {key!r} is unavailable: {_explain(error)}") from error
+
+
+def _explain(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, ImportError):
+        requirement = _PIP_NAMES.get(error.name, error.name)
+        return f"{text} (a package is missing: pip install '{requirement}')"
+    return (
+        f"{text} (its weights are not cached and cannot be downloaded here; download them while "
+        "online, see checkpoints/README.md)"
+    )
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float):
+    """Bound every socket operation (pyiqa downloads plain URLs with urllib, which otherwise
+    waits forever on a silent network); the previous default is restored afterwards."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+# --------------------------------------------------------------------------------- pyiqa
+
+
+def _pyiqa_names() -> list[str]:
+    import pyiqa
+
+    return [name for name in pyiqa.list_models() if name not in _DATASET_METRICS]
+
+
+def _pyiqa_metric(name: str, device: torch.device, **options) -> Metric:
+    import pyiqa
+
+    model = pyiqa.create_metric(name, device=device, **options)
+    full_reference = model.metric_mode == "FR"
+    needs_prompt = name == "clipscore"
+
+    @torch.no_grad()
+    def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
+        if needs_prompt:
+            out = model(image, caption_list=[prompt])
+        else:
+            out = model(image, reference) if full_reference else model(image)
+        return torch.as_tensor(out).float().flatten()[0].item()
+
+    return Metric(name, bool(model.lower_better), needs_prompt, full_reference, score)
+
+
+# ------------------------------------------------------------- alignment scorers of our own
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _imagereward(name: str, device: torch.device, *, model: str = "ImageReward-v1.0") -> Metric:
+    """ImageReward (Xu et al., 2023) through its own package ``image-reward``."""
+    import ImageReward
+
+    reward = ImageReward.load(model, device=str(device))
+
+    @torch.no_grad()
+    def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
+        return float(reward.score(prompt, _to_pil(image)))
+
+    return Metric(name, False, True, False, score)
+
+
+def _pickscore(
+    name: str,
+    device: torch.device,
+    *,
+    model: str = "yuvalkirstain/PickScore_v1",
+    processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+) -> Metric:
+    """PickScore (Kirstain et al., 2023): ``logit_scale · cos(E_img, E_txt)`` of the PickScore
+    CLIP-H, the score its authors report (≈ 20 for typical images)."""
+    from transformers import AutoModel, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(processor)
+    clip = AutoModel.from_pretrained(model).eval().to(device)
+
+    @torch.no_grad()
+    def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
+        inputs = proc(
+            text=[prompt],
+            images=[_to_pil(image)],
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        ).to(device)
+        image_embeds = _embedding(clip.get_image_features(pixel_values=inputs["pixel_values"]))
+        text_embeds = _embedding(
+            clip.get_text_features(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            )
+        )
+        return (clip.logit_scale.exp() * (image_embeds * text_embeds).sum()).item()
+
+    return Metric(name, False, True, False, score)
+
+
+def _embedding(features) -> torch.Tensor:
+    """L2-normalised features (transformers ≥ 5 may wrap them in a model output)."""
+    if not isinstance(features, torch.Tensor):
+        features = features.pooler_output
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def _hpsv2(
+    name: str, device: torch.device, *, checkpoint: str = "xswu/HPSv2:HPS_v2_compressed.pt"
+) -> Metric:
+    """HPS v2 (Wu et al., 2023): cosine of open_clip ViT-H-14 embeddings with the HPS v2
+    checkpoint (≈ 0.25-0.30 for typical images, the scale of the paper's tables). The
+    checkpoint is resolved first, so a missing one fails before the 1B-parameter model is built."""
+    import os
+
+    import open_clip
+
+    if os.path.isfile(checkpoint):
+        path = checkpoint
+    else:
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, filename = checkpoint.partition(":")
+        path = hf_hub_download(repo_id, filename)
+    clip, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    clip.load_state_dict(state.get("state_dict", state))
+    clip = clip.eval().to(device)
+    tokenizer = open_clip.get_tokenizer("ViT-H-14")
+
+    @torch.no_grad()
+    def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
+        pixels = preprocess(_to_pil(image))[None].to(device)
+        image_embeds = torch.nn.functional.normalize(clip.encode_image(pixels).float(), dim=-1)
+        text_embeds = torch.nn.functional.normalize(
+            clip.encode_text(tokenizer([prompt]).to(device)).float(), dim=-1
+        )
+        return (image_embeds * text_embeds).sum().item()
+
+    return Metric(name, False, True, False, score)
+
+
+_OWN_METRICS: dict[str, Callable[..., Metric]] = {
+    "imagereward": _imagereward,
+    "pickscore": _pickscore,
+    "hpsv2": _hpsv2,
+}

@@ -1,0 +1,370 @@
+"""G-Refine's quality refiner, stage 1 (§3.3, Eq. 9-10), and the interface of stage 2.
+
+Eq. 9 conditions two diffusion stages::
+
+    z1 = (p + a)/2 · QKV(prompt, Bi(1 − P + A))      (refinement: strong, masked)
+    z2 = δ · QKV(prompt, 1)                          (restoration: mild, global)
+
+and Eq. 10 runs them in cascade, ``R = D^{z2}_{n2} ··· D^{z2}_1 (D^{z1}_{n1} ··· D^{z1}_1 (I))``.
+This module implements stage 1 with SDXL-inpainting:
+
+* :func:`binarize` is ``Bi(1 − P + A)``, the inpainting mask;
+* :func:`stage1_strength` is our reading of the ``(p + a)/2`` factor (a denoising strength);
+* :func:`inference_steps_for` turns "run n1 denoising steps" into diffusers' step arguments;
+* :class:`InpaintStage1` runs ``D^{z1}_{n1} ··· D^{z1}_1`` and pastes the result back.
+
+Stage 2 (PASD, another module) is typed by the :class:`Stage2` protocol.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from grefine.aq_map import EmphasizedPrompt
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+DEFAULT_INPAINT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights of a diffusion model cannot be loaded (not cached, offline, bad folder)."""
+
+
+# --------------------------------------------------------------------------- Eq. 9: Bi(·)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """``Bi(1 − P + A)`` of Eq. 9, at the image size.
+
+    Attributes:
+        binary: bool H×W, the thresholded and dilated mask: where stage 1 redraws (the
+            inpainting mask given to the diffusion model).
+        soft: float32 H×W in [0, 1], ``binary`` feathered by a Gaussian: the paste-back weight.
+            It is exactly 0 farther than ~3 σ from ``binary``, so those pixels stay untouched.
+    """
+
+    binary: np.ndarray
+    soft: np.ndarray
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing is to be refined; stage 1 is then skipped."""
+        return not bool(self.binary.any())
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the image covered by ``binary``."""
+        return float(self.binary.mean())
+
+
+def binarize(
+    P: np.ndarray,
+    A: np.ndarray,
+    *,
+    threshold: float = 0.75,
+    dilation: float = 16.0,
+    feather: float = 4.0,
+) -> MaskResult:
+    """Eq. 9's ``Bi(1 − P + A)``: the region that stage 1 refines.
+
+    Args:
+        P: PQ-Map, float H×W in [0, 1], high = good perceptual quality.
+        A: AQ-Map, float H×W in [0, 1]: 1 everywhere when no phrase is defective; otherwise
+            the product of the defective phrases' region maps (high on the region to redraw).
+        threshold: the map ``M = (1 − P + A)/2`` (in [0, 1]) is binarised as ``M > threshold``.
+            The default 0.75 means: where ``A = 1``, refine the pixels with ``P < 0.5``.
+        dilation: radius in pixels (Euclidean disk) by which the binary mask grows, so that the
+            seams of a defect are redrawn too and the mask survives the 8× latent downsampling.
+            Default 16 px (1.6 % of a 1024² image's side, 3 % of 512²); 0 disables it.
+        feather: σ in pixels of the Gaussian that softens the dilated mask into the paste-back
+            weight (truncated at 3 σ); 0 gives a hard paste-back. Keep ``dilation ≥ 3·feather``
+            so that the undilated defect region is fully (weight ≈ 1) redrawn.
+
+    Returns:
+        A :class:`MaskResult` (binary = dilated mask, soft = its feathered version).
+    """
+    P = np.asarray(P, dtype=np.float32)
+    A = np.asarray(A, dtype=np.float32)
+    if P.shape != A.shape or P.ndim != 2:
+        raise ValueError(f"P and A must be H×W maps of one shape, got {P.shape} and {A.shape}")
+    if dilation < 0 or feather < 0:
+        raise ValueError(f"dilation and feather must be ≥ 0, got {dilation} and {feather}")
+    binary = (1.0 - P + A) / 2.0 > threshold
+    if dilation > 0 and binary.any():
+        binary = ndimage.distance_transform_edt(~binary) <= dilation
+    soft = binary.astype(np.float32)
+    if feather > 0:
+        soft = ndimage.gaussian_filter(soft, sigma=feather, mode="constant", truncate=3.0)
+    return MaskResult(binary=binary, soft=np.clip(soft, 0.0, 1.0).astype(np.float32))
+
+
+# --------------------------------------------------------------------- Eq. 9: (p + a)/2
+
+
+def stage1_strength(
+    p: float, a: float, *, min_strength: float = 0.3, max_strength: float = 0.9
+) -> float:
+    """Stage-1 denoising strength from the global scores, our reading of Eq. 9's ``(p + a)/2``.
+
+    Printed literally, ``z1 = (p + a)/2 · QKV(...)`` would refine *better* images *more*, which
+    contradicts §3.3 ("the refining region has a relatively lower quality ... the former conducts a
+    strong denoising process according to the map and score"). We therefore read the factor as
+    the image's quality and make the strength decrease with it::
+
+        strength1 = clip(max_strength · (1 − (p + a)/2), min_strength, max_strength)
+
+    Args:
+        p: global perceptual quality (PQ-Map score), in [0, 1].
+        a: global alignment quality (AQ-Map score, Eq. 8), in [0, 1].
+        min_strength: floor, so that a masked region is always redrawn noticeably.
+        max_strength: ceiling (reached when p = a = 0); ≤ 1.
+
+    Returns:
+        The img2img strength in ``[min_strength, max_strength]``: the fraction of the noise
+        schedule that stage 1 re-noises and then denoises.
+    """
+    if not 0.0 < min_strength <= max_strength <= 1.0:
+        raise ValueError(
+            f"need 0 < min_strength ≤ max_strength ≤ 1, got {min_strength}, {max_strength}"
+        )
+    quality = (float(p) + float(a)) / 2.0
+    return float(np.clip(max_strength * (1.0 - quality), min_strength, max_strength))
+
+
+def inference_steps_for(steps_to_run: int, strength: float) -> int:
+    """The ``num_inference_steps`` that makes a diffusers img2img/inpaint pipeline run exactly
+    ``steps_to_run`` denoising steps at ``strength`` (Eq. 10's n1).
+
+    Diffusers runs the last ``min(int(num_inference_steps · strength), num_inference_steps)``
+    steps of a ``num_inference_steps`` schedule; the answer is the smallest schedule for which
+    that count reaches ``steps_to_run`` (≈ ``ceil(steps_to_run / strength)``, computed with the
+    same float arithmetic as diffusers).
+    """
+    if steps_to_run < 1 or not 0.0 < strength <= 1.0:
+        raise ValueError(
+            f"need steps_to_run ≥ 1 and 0 < strength ≤ 1, got {steps_to_run}, {strength}"
+        )
+    total = math.ceil(steps_to_run / strength)
+    while min(int(total * strength), total) < steps_to_run:
+        total += 1
+    return total
+
+
+# ------------------------------------------------------------------------ Eq. 10: stages
+
+
+class Stage2(Protocol):
+    """Eq. 10's restoration stage ``D^{z2}_{n2} ··· D^{z2}_1``: a mild, global denoising with
+    strength δ (Eq. 9's ``z2 = δ · QKV(prompt, 1)``); implemented by the PASD module."""
+
+    def __call__(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        strength: float,
+        num_inference_steps: int,
+        generator: torch.Generator | None,
+    ) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    """Output of :class:`InpaintStage1`.
+
+    Attributes:
+        image: the refined image, same size and mode (RGB) as the input; equal to the input
+            where the mask's soft weight is 0, and the input itself (a copy) when ``ran`` is False.
+        ran: False when the mask was empty and stage 1 was skipped (no model call at all).
+        steps_run: denoising steps actually run (UNet evaluations per CFG branch); 0 if skipped.
+        strength: the denoising strength requested.
+        seconds: wall-clock time of the stage.
+    """
+
+    image: Image.Image
+    ran: bool
+    steps_run: int
+    strength: float
+    seconds: float
+
+
+class InpaintStage1:
+    """Stage 1 of G-Refine (Eq. 9-10): SDXL-inpainting of ``Bi(1 − P + A)`` with the
+    AQ-Map-emphasised prompt, at a strength from (p, a), for n1 denoising steps.
+
+    Resolution: the image is resized so that its long side is ``resolution`` (SDXL's native
+    1024 by default; ``None`` keeps the input size), each side rounded to a multiple of
+    ``2 · vae_scale_factor`` (16 for SDXL), and the result is resized back to the input size.
+
+    Paste-back: the output is ``original · (1 − soft) + generated · soft`` with the mask's soft
+    weight, so every pixel whose weight is 0 is bit-for-bit the input pixel.
+
+    Prompt emphasis (Eq. 7): for an :class:`~grefine.aq_map.EmphasizedPrompt` the pipeline's own
+    ``encode_prompt`` gives ``E(prompt) + weight · Σ_j E(phrase_j)`` for the token embeddings and
+    the pooled embeddings alike; the negative (unconditional) embeddings are those of the prompt.
+    """
+
+    def __init__(self, pipe: StableDiffusionXLInpaintPipeline, *, resolution: int | None = 1024):
+        self.pipe = pipe
+        self.resolution = resolution
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_dir: str = DEFAULT_INPAINT_MODEL,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        variant: str | None = None,
+        cpu_offload: bool = False,
+        resolution: int | None = 1024,
+        **kwargs,
+    ) -> InpaintStage1:
+        """Load a ``StableDiffusionXLInpaintPipeline`` from a hub id or a local folder.
+
+        Args:
+            model_id_or_dir: hub id (default ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``)
+                or a folder in diffusers layout.
+            torch_dtype: default fp16 on CUDA, fp32 on CPU (pass ``torch.bfloat16`` for bf16).
+            device: default CUDA when available, else CPU.
+            variant: weight-file variant, e.g. ``"fp16"``.
+            cpu_offload: ``enable_model_cpu_offload`` (accelerate) instead of moving the whole
+                pipeline to the device: one sub-model at a time on the GPU, for small GPUs.
+            resolution: working long side, see the class docstring.
+            **kwargs: passed to ``StableDiffusionXLInpaintPipeline.from_pretrained``.
+
+        Raises:
+            ModelUnavailable: the weights are neither cached nor downloadable.
+        """
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if torch_dtype is None:
+            torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        try:
+            pipe = StableDiffusionXLInpaintPipeline.from_pretrained(
+                model_id_or_dir, torch_dtype=torch_dtype, variant=variant, **kwargs
+            )
+        except (OSError, ValueError) as error:
+            raise ModelUnavailable(
+                f"cannot load the SDXL-inpainting weights {model_id_or_dir!r} (variant={variant!r}): "
+                f"{error}. Download them while online or point the config at a local folder; "
+                "see checkpoints/README.md."
+            ) from error
+        if cpu_offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolution=resolution)
+
+    def __call__(
+        self,
+        image: Image.Image,
+        prompt: str | EmphasizedPrompt,
+        mask: MaskResult,
+        *,
+        strength: float,
+        num_steps: int = 10,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Stage1Result:
+        """Run ``D^{z1}_{n1} ··· D^{z1}_1`` (Eq. 10) on the masked region of ``image``.
+
+        Args:
+            image: the image to refine (any mode; treated as RGB).
+            prompt: the generation prompt, or AQ-Map's emphasised prompt.
+            mask: :func:`binarize`'s output at the image size.
+            strength: denoising strength, e.g. :func:`stage1_strength`.
+            num_steps: n1, the denoising steps to *run* (default 10: half the paper's 20);
+                ``num_inference_steps`` is derived by :func:`inference_steps_for`.
+            guidance_scale: classifier-free guidance scale.
+            seed: seed of a CPU ``torch.Generator`` (reproducible on every device).
+            generator: alternatively, a generator of your own (not both).
+        """
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        image = image.convert("RGB")
+        if mask.binary.shape != (image.height, image.width):
+            raise ValueError(f"mask {mask.binary.shape} does not match image {image.size[::-1]}")
+        start = time.perf_counter()
+        if mask.is_empty:
+            return Stage1Result(image.copy(), False, 0, strength, time.perf_counter() - start)
+        if seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+
+        width, height = self._working_size(image.size)
+        mask_image = Image.fromarray(mask.binary.astype(np.uint8) * 255)
+        # BILINEAR then "> 0": any working pixel that touches the mask is redrawn.
+        mask_image = mask_image.resize((width, height), Image.BILINEAR).point(
+            lambda v: 255 * (v > 0)
+        )
+        steps_run = 0
+
+        def count_step(pipe, step, timestep, callback_kwargs):
+            nonlocal steps_run
+            steps_run += 1
+            return callback_kwargs
+
+        generated = self.pipe(
+            image=image.resize((width, height), Image.LANCZOS),
+            mask_image=mask_image,
+            height=height,
+            width=width,
+            strength=strength,
+            num_inference_steps=inference_steps_for(num_steps, strength),
+            guidance_scale=guidance_scale,
+            generator=generator,
+            callback_on_step_end=count_step,
+            **self._prompt_embeds(prompt, do_cfg=guidance_scale > 1.0),
+        ).images[0]
+        refined = paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
+        return Stage1Result(refined, True, steps_run, strength, time.perf_counter() - start)
+
+    def _working_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        multiple = 2 * self.pipe.vae_scale_factor
+        scale = 1.0 if self.resolution is None else self.resolution / max(size)
+        return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
+
+    @torch.no_grad()
+    def _prompt_embeds(self, prompt: str | EmphasizedPrompt, *, do_cfg: bool) -> dict:
+        """Eq. 7 in embedding space: ``E(prompt) + weight · Σ_j E(phrase_j)``."""
+        if isinstance(prompt, str):
+            prompt = EmphasizedPrompt(prompt)
+        device = self.pipe._execution_device
+        embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt.prompt, device=device, do_classifier_free_guidance=do_cfg
+        )
+        for phrase in prompt.phrases:
+            phrase_embeds, _, phrase_pooled, _ = self.pipe.encode_prompt(
+                phrase, device=device, do_classifier_free_guidance=False
+            )
+            embeds = embeds + prompt.weight * phrase_embeds
+            pooled = pooled + prompt.weight * phrase_pooled
+        return {
+            "prompt_embeds": embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_prompt_embeds": negative,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+
+
+def paste_back(original: Image.Image, generated: Image.Image, weight: np.ndarray) -> Image.Image:
+    """``original · (1 − weight) + generated · weight`` (RGB, same size); pixels of weight 0
+    are exactly the original's."""
+    base = np.asarray(original.convert("RGB"), dtype=np.float32)
+    new = np.asarray(generated.convert("RGB"), dtype=np.float32)
+    blended = base + (new - base) * weight[..., None]
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
