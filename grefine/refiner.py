@@ -334,7 +334,7 @@ class InpaintStage1:
         return Stage1Result(refined, True, steps_run, strength, time.perf_counter() - start)
 
     def _working_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        multiple = 2 * self.pipe.vae_scale_factor
+        multiple = max(8, 2 * self.pipe.vae_scale_factor)  # diffusers checks divisibility by 8
         scale = 1.0 if self.resolution is None else self.resolution / max(size)
         return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
 

@@ -153,3 +153,84 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
+
+
+TINY_PASD_UNET_CONFIG = dict(
+    sample_size=8,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=32,
+    attention_head_dim=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+"""A tiny PASD UNet with SD1.5's block layout (plain block at the bottom, whose pixel-aware
+attention needs equal channels in the two lowest blocks, as in SD1.5)."""
+
+TINY_PASD_CONDITIONING_CHANNELS = (8, 16, 16, 32)
+"""The ControlNet conditioning branch: three stride-2 stages (1/8 resolution), like PASD's."""
+
+
+def build_tiny_pasd_models(seed: int = 0):
+    """A tiny random PASD ``(unet, controlnet)``; the ControlNet is built ``from_unet`` as in
+    PASD's training. Every weight is perturbed, so that the zero-initialised ControlNet
+    outputs are not trivially zero."""
+    from grefine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = PASDUNet2DConditionModel(**TINY_PASD_UNET_CONFIG)
+    controlnet = PASDControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_PASD_CONDITIONING_CHANNELS)
+    with torch.no_grad():
+        for parameter in [*unet.parameters(), *controlnet.parameters()]:
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return unet.eval(), controlnet.eval()
+
+
+def build_tiny_pasd_stage2(seed: int = 0, **options):
+    """A tiny random ``PASDStage2`` (G-Refine stage 2): tiny PASD models, a 4-level VAE (scale
+    factor 8, as SD's), a tiny CLIP text encoder and SD1.5's UniPC scheduler settings.
+    ``options`` go to ``PASDStage2``; ``process_size`` defaults to ``None`` here (PASD's 768
+    would enlarge every test image)."""
+    from diffusers import AutoencoderKL, UniPCMultistepScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from grefine.pasd import PASDStage2
+
+    tokenizer = build_tiny_clip_tokenizer()
+    unet, controlnet = build_tiny_pasd_models(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY_PASD_UNET_CONFIG["cross_attention_dim"],
+            intermediate_size=37,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    options.setdefault("process_size", None)
+    stage2 = PASDStage2(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=scheduler,
+        **options,
+    )
+    stage2.set_progress_bar_config(disable=True)
+    return stage2

@@ -6,6 +6,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_SHARED_NLTK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "nltk_data")
+os.environ.setdefault("NLTK_DATA", os.path.normpath(_SHARED_NLTK))  # the tagger, read from ../shared
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,147 @@
+"""YAML configuration of a G-Refine run (``configs/*.yaml``), as plain data classes.
+
+Every section maps to one component; unknown keys are an error naming the key, the section and
+the file, so that a typo never silently falls back to a default. ``tiny_random: true`` in a
+section builds that component from :mod:`grefine.testing` instead of loading weights (the
+smoke configuration ``configs/tiny-random.yaml``); a real run never sets it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from grefine.pq_map import DEFAULT_ALPHA
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names it."""
+
+
+@dataclass
+class PQMapConfig:
+    """PQ-Map (Eq. 1-3). ``embeddings``: folder with the official ``PQ-*.pth`` files, or None
+    for the CLIP-IQA text-pair fallback."""
+
+    model_name: str = "ViT-B-16"
+    pretrained: Optional[str] = "openai"
+    embeddings: Optional[str] = "checkpoints/pq_embeddings"
+    num_blocks: int = 6
+    attention: str = "vvv"
+    alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA))
+    input_size: Any = None
+    map_normalization: str = "score"
+    tiny_random: bool = False
+
+
+@dataclass
+class AQMapConfig:
+    """AQ-Map (Eq. 4-8); ``options`` are passed to :class:`grefine.aq_map.AQMap` (a_bound, beta, ...)."""
+
+    model_name: str = "ViT-B-16"
+    pretrained: Optional[str] = "openai"
+    num_blocks: int = 6
+    options: dict[str, Any] = field(default_factory=dict)
+    tiny_random: bool = False
+
+
+@dataclass
+class MaskConfig:
+    """Eq. 9's Bi(1 − P + A); see :func:`grefine.refiner.binarize`."""
+
+    threshold: float = 0.75
+    dilation: float = 16.0
+    feather: float = 4.0
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength]."""
+
+    model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    variant: Optional[str] = "fp16"
+    resolution: Optional[int] = 1024
+    guidance_scale: float = 7.5
+    min_strength: float = 0.3
+    max_strength: float = 0.9
+    tiny_random: bool = False
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ; ``options`` go to
+    :meth:`grefine.pasd.PASDStage2.from_pretrained`."""
+
+    type: Optional[str] = "pasd"
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    pasd_model: str = "checkpoints/pasd"
+    strength: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)
+    tiny_random: bool = False
+
+
+@dataclass
+class GRefineConfig:
+    """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    total_steps: int = 20
+    cpu_offload: bool = False
+    pq_map: PQMapConfig = field(default_factory=PQMapConfig)
+    aq_map: AQMapConfig = field(default_factory=AQMapConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    metrics: list[str] = field(default_factory=list)
+    source: str = "<defaults>"
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        """(n1, n2) of Eq. 10."""
+        first = self.total_steps // 2
+        return first, self.total_steps - first
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "GRefineConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config {path}: no such file (the shipped ones are in configs/).")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path}: not valid YAML ({err}).") from err
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "GRefineConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {source}: expected a mapping at the top level.")
+        config = _build(cls, {k: v for k, v in data.items()}, source, "")
+        config.source = source
+        if config.total_steps < 2:
+            raise ConfigError(f"config {source}: total_steps must be at least 2 (one per stage).")
+        if not 0.0 <= config.stage2.strength <= 1.0:
+            raise ConfigError(f"config {source}: stage2.strength (δ) must lie in [0, 1].")
+        return config
+
+
+def _build(kind: type, data: dict[str, Any], source: str, section: str):
+    known = {f.name: f for f in dataclasses.fields(kind) if f.name != "source"}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"section '{section}'" if section else "top level"
+        raise ConfigError(f"config {source}: unknown key(s) {unknown} at {where}; valid keys: {sorted(known)}.")
+    values = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config {source}: '{name}' must be a mapping.")
+            value = _build(type(default), value, source, name)
+        values[name] = value
+    return kind(**values)

@@ -1,0 +1,240 @@
+"""GRefinePipeline: image + prompt -> PQ/AQ maps -> mask and strengths -> stage 1 -> stage 2.
+
+Eq. 9-10 of the paper::
+
+    z1 = strength(p, a) · QKV(prompt, Bi(1 − P + A))      stage 1, n1 steps (SDXL inpainting)
+    z2 = δ · QKV(prompt, 1)                               stage 2, n2 steps (PASD, whole image)
+    R  = D^{z2}_{n2} ··· D^{z2}_1 ( D^{z1}_{n1} ··· D^{z1}_1 (I) )
+
+with n1 = n2 = half of ``total_steps`` (20 in the paper). Both stages take the number of steps
+to *run*; each derives its schedule length from its strength (:func:`grefine.refiner.inference_steps_for`).
+Models load once in :meth:`GRefinePipeline.from_pretrained` and are reused for every call.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from PIL import Image
+
+from grefine.aq_map import AQMap
+from grefine.config import GRefineConfig
+from grefine.image_io import PathLike, as_rgb_image
+from grefine.pq_map import PQMap, PQMapResult, load_open_clip
+from grefine.refiner import InpaintStage1, MaskResult, Stage1Result, Stage2, binarize, stage1_strength
+from grefine.weights import check_weights
+
+
+@dataclass
+class GRefineOutput:
+    """One refined image with everything that led to it.
+
+    ``timings`` holds seconds per step: ``maps`` (PQ + AQ), ``mask``, ``stage1``, ``stage2``.
+    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0).
+    """
+
+    image: Image.Image
+    pq: PQMapResult
+    aq: Any
+    mask: MaskResult
+    strength1: float
+    strength2: float
+    stage1: Stage1Result
+    stage2_steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """The scalar columns of a ``results.csv`` row."""
+        return {
+            "p": self.pq.score,
+            "a": self.aq.score,
+            "mask_area": self.mask.coverage,
+            "strength1": self.strength1,
+            "strength2": self.strength2,
+            "stage1_steps": self.stage1.steps_run,
+            "stage2_steps": self.stage2_steps,
+            "maps_seconds": self.timings.get("maps", 0.0),
+            "stage1_seconds": self.timings.get("stage1", 0.0),
+            "stage2_seconds": self.timings.get("stage2", 0.0),
+            "note": self.note,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on CUDA, fp32 on CPU; else ``fp16``/``bf16``/``fp32``."""
+    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in table:
+        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {name!r}")
+    return table[name]
+
+
+_PRECISION = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+class GRefinePipeline:
+    """G-Refine (paper §3): PQ-Map, AQ-Map, stage 1 (SDXL inpainting) and stage 2 (PASD)."""
+
+    def __init__(
+        self,
+        pq_map: PQMap,
+        aq_map: AQMap,
+        stage1: InpaintStage1,
+        stage2: Optional[Stage2] = None,
+        config: Optional[GRefineConfig] = None,
+    ) -> None:
+        self.pq_map = pq_map
+        self.aq_map = aq_map
+        self.stage1 = stage1
+        self.stage2 = stage2
+        self.config = config or GRefineConfig()
+
+    @classmethod
+    def from_pretrained(cls, config: Union[str, Path, dict, GRefineConfig] = "configs/default.yaml") -> "GRefinePipeline":
+        """Build every component from a YAML config (path), a dict, or a :class:`GRefineConfig`.
+
+        Checks all weights first and, when some are missing and the hub is unreachable, raises
+        one :class:`~grefine.weights.WeightsUnavailableError` listing them all.
+        """
+        if isinstance(config, (str, Path)):
+            config = GRefineConfig.from_yaml(config)
+        elif isinstance(config, dict):
+            config = GRefineConfig.from_dict(config)
+        check_weights(config)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        pq_map, aq_map = _build_maps(config, device, dtype)
+        stage1 = _build_stage1(config, device, dtype)
+        stage2 = _build_stage2(config, device, dtype)
+        return cls(pq_map, aq_map, stage1, stage2, config)
+
+    def __call__(self, image: Union[Image.Image, PathLike], prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
+        """Refine one image. ``seed`` (default: the config's) makes the result reproducible."""
+        config = self.config
+        seed = config.seed if seed is None else seed
+        n1, n2 = config.steps
+        image = as_rgb_image(image)
+        timings: dict[str, float] = {}
+
+        start = time.perf_counter()
+        pq = self.pq_map(image)
+        aq = self.aq_map(image, prompt)
+        timings["maps"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        mask = binarize(pq.map, aq.map, threshold=config.mask.threshold, dilation=config.mask.dilation, feather=config.mask.feather)
+        strength1 = stage1_strength(pq.score, aq.score, min_strength=config.stage1.min_strength, max_strength=config.stage1.max_strength)
+        timings["mask"] = time.perf_counter() - start
+
+        stage1 = self.stage1(
+            image, aq.emphasized_prompt, mask, strength=strength1, num_steps=n1, guidance_scale=config.stage1.guidance_scale, seed=seed
+        )
+        timings["stage1"] = stage1.seconds
+        notes = [] if stage1.ran else ["stage 1 skipped: empty mask"]
+
+        refined, strength2, stage2_steps = stage1.image, config.stage2.strength, 0
+        start = time.perf_counter()
+        if self.stage2 is None:
+            notes.append("stage 2 not configured: stage 1 only")
+        elif strength2 <= 0:
+            notes.append("stage 2 skipped: strength 0")
+        else:
+            # PASD runs round(δ·N) of an N-step schedule (like img2img): pick N so that n2 run.
+            schedule = max(n2, round(n2 / strength2))
+            generator = torch.Generator("cpu").manual_seed(seed + 1)
+            refined = self.stage2(refined, prompt, strength=strength2, num_inference_steps=schedule, generator=generator)
+            stage2_steps = round(strength2 * schedule)
+        timings["stage2"] = time.perf_counter() - start
+        return GRefineOutput(
+            image=refined,
+            pq=pq,
+            aq=aq,
+            mask=mask,
+            strength1=strength1,
+            strength2=strength2 if stage2_steps else 0.0,
+            stage1=stage1,
+            stage2_steps=stage2_steps,
+            timings=timings,
+            note="; ".join(notes),
+        )
+
+
+def _build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:
+    """PQ-Map and AQ-Map; one CLIP is loaded when both use the same weights."""
+    pq_cfg, aq_cfg = config.pq_map, config.aq_map
+    loaded: dict[tuple, tuple] = {}
+
+    def clip(model_name: str, pretrained: Optional[str], tiny: bool, text_width_512: bool):
+        key = ("tiny", text_width_512) if tiny else (model_name, pretrained)
+        if key not in loaded:
+            if tiny:
+                from grefine.testing import build_tiny_open_clip, build_tiny_pq_clip
+
+                loaded[key] = build_tiny_pq_clip() if text_width_512 else build_tiny_open_clip()
+            else:
+                loaded[key] = load_open_clip(model_name, pretrained, device=device, precision=_PRECISION[dtype])
+        return loaded[key]
+
+    pq_model, pq_tokenizer = clip(pq_cfg.model_name, pq_cfg.pretrained, pq_cfg.tiny_random, bool(pq_cfg.embeddings))
+    pq_map = PQMap(
+        pq_model,
+        pq_tokenizer,
+        pq_cfg.embeddings,
+        num_blocks=pq_cfg.num_blocks,
+        attention=pq_cfg.attention,
+        alpha=pq_cfg.alpha,
+        input_size=pq_cfg.input_size,
+        map_normalization=pq_cfg.map_normalization,
+    )
+    aq_model, aq_tokenizer = clip(aq_cfg.model_name, aq_cfg.pretrained, aq_cfg.tiny_random, False)
+    aq_map = AQMap(aq_model, aq_tokenizer, num_blocks=aq_cfg.num_blocks, **aq_cfg.options)
+    return pq_map, aq_map
+
+
+def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> InpaintStage1:
+    cfg = config.stage1
+    if cfg.tiny_random:
+        from grefine.testing import build_tiny_sdxl_inpaint_pipeline
+
+        return InpaintStage1(build_tiny_sdxl_inpaint_pipeline(seed=config.seed), resolution=cfg.resolution)
+    variant = cfg.variant if dtype == torch.float16 else None
+    return InpaintStage1.from_pretrained(
+        cfg.model, torch_dtype=dtype, device=device, variant=variant, cpu_offload=config.cpu_offload, resolution=cfg.resolution
+    )
+
+
+def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> Optional[Stage2]:
+    cfg = config.stage2
+    if not cfg.type:
+        return None
+    if cfg.type != "pasd":
+        raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
+    if cfg.tiny_random:
+        from grefine.testing import build_tiny_pasd_stage2
+
+        stage2 = build_tiny_pasd_stage2(seed=config.seed)
+    else:
+        from grefine.pasd import PASDStage2
+
+        stage2 = PASDStage2.from_pretrained(
+            base_model=cfg.base_model,
+            pasd_model=cfg.pasd_model,
+            torch_dtype=dtype,
+            device=None if config.cpu_offload else device,
+            **cfg.options,
+        )
+        if config.cpu_offload:
+            stage2.enable_model_cpu_offload(device=device)
+    stage2.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
+    return stage2

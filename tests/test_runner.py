@@ -1,0 +1,179 @@
+"""The folder runner and scripts/refine.py: bad images, prompts, resume, atomic outputs."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from grefine.refiner import MaskResult
+from grefine.runner import PromptSourceError, prompt_for, read_prompts, read_results, run_folder
+from tests.conftest import REPO
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_images(folder, names=("a.png", "b.jpg")):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / name)
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["name"]: row for row in csv.DictReader(handle)}
+
+
+@dataclass
+class _Map:
+    map: np.ndarray
+    score: float
+
+
+@dataclass
+class _Out:
+    image: Image.Image
+    pq: _Map
+    aq: _Map
+    mask: MaskResult
+
+    def summary(self):
+        return {"p": self.pq.score, "a": self.aq.score, "mask_area": self.mask.coverage}
+
+
+class _Inverter:
+    """A stand-in refiner (inverts the image) so the runner's bookkeeping is tested fast."""
+
+    def __init__(self, fail_on=()):
+        self.calls = []
+        self.fail_on = fail_on
+
+    def __call__(self, image, prompt, *, seed=None):
+        self.calls.append(prompt)
+        if prompt in self.fail_on:
+            raise RuntimeError("model exploded")
+        size = (image.height, image.width)
+        mask = MaskResult(binary=np.ones(size, bool), soft=np.ones(size, np.float32))
+        return _Out(Image.fromarray(255 - np.asarray(image)), _Map(np.full(size, 0.5, np.float32), 0.5), _Map(np.ones(size, np.float32), 0.9), mask)
+
+
+class _Mean:
+    name = "mean"
+
+    def __call__(self, image, prompt=None, reference=None):
+        return float(np.asarray(image).mean())
+
+
+def test_prompt_sources(tmp_path):
+    (tmp_path / "p.csv").write_text("name,prompt\na.png,first\nb,second\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"name": "a.png", "prompt": "j"}) + "\n\n")
+    assert read_prompts(tmp_path / "p.csv") == {"a.png": "first", "b": "second"}
+    assert read_prompts(tmp_path / "p.jsonl") == {"a.png": "j"}
+    assert prompt_for(tmp_path / "b.jpg", read_prompts(tmp_path / "p.csv")) == "second"
+    (tmp_path / "c.txt").write_text("sidecar prompt\n")
+    assert prompt_for(tmp_path / "c.png", {}) == "sidecar prompt"
+    with pytest.raises(KeyError, match="d.png: no prompt"):
+        prompt_for(tmp_path / "d.png", {})
+    (tmp_path / "bad.csv").write_text("file,text\nx,y\n")
+    with pytest.raises(PromptSourceError, match="bad.csv.*'name' and 'prompt'"):
+        read_prompts(tmp_path / "bad.csv")
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    with pytest.raises(PromptSourceError, match="bad.jsonl:1"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
+def test_one_bad_image_is_a_row_and_the_rest_go_on(tmp_path):
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png", "b.png", "c.png", "d.png"))
+    (inputs / "c.png").write_bytes(b"corrupt")
+    (inputs / "prompts.csv").write_text("name,prompt\na.png,ok\nc.png,corrupt one\nd.png,boom\n")
+    refiner = _Inverter(fail_on=("boom",))
+    summary = run_folder(refiner, inputs, tmp_path / "out", prompts_file=inputs / "prompts.csv", metrics=[_Mean()], metric_names=["mean"], progress=False)
+    assert summary.done == ["a.png"] and not summary.ok
+    rows = _rows(tmp_path / "out" / "results.csv")
+    assert "no prompt" in rows["b.png"]["error"]
+    assert "cannot be read as an image" in rows["c.png"]["error"]
+    assert "model exploded" in rows["d.png"]["error"]
+    assert rows["a.png"]["error"] == "" and float(rows["a.png"]["mean_after"]) == pytest.approx(255 - float(rows["a.png"]["mean_before"]), abs=1e-3)
+    assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "maps" / "a_pq.png").is_file()
+    assert not (tmp_path / "out" / "c.png").exists()
+
+
+def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png", "b.png"))
+    (inputs / "a.txt").write_text("alpha")
+    run_folder(_Inverter(), inputs, tmp_path / "out", progress=False)
+    assert _rows(tmp_path / "out" / "results.csv")["b.png"]["error"]
+    (inputs / "b.txt").write_text("beta")
+    again = _Inverter()
+    summary = run_folder(again, inputs, tmp_path / "out", resume=True, progress=False)
+    assert again.calls == ["beta"] and summary.skipped == ["a.png"] and summary.ok
+    assert set(_rows(tmp_path / "out" / "results.csv")) == {"a.png", "b.png"}
+
+
+def test_metric_failures_are_recorded_per_row(tmp_path):
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png",))
+    (inputs / "a.txt").write_text("alpha")
+    run_folder(_Inverter(), inputs, tmp_path / "out", metric_names=["musiq"], metric_failures={"musiq": "weights missing"}, progress=False)
+    row = _rows(tmp_path / "out" / "results.csv")["a.png"]
+    assert row["error"] == "" and "musiq: weights missing" in row["metric_errors"] and row["musiq_after"] == ""
+
+
+def test_processes_split_the_folder_and_merge(tmp_path):
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png", "b.png", "c.png"))
+    for name in "abc":
+        (inputs / f"{name}.txt").write_text(name)
+    refiners = [_Inverter(), _Inverter()]
+    for index in (1, 0):  # the main process (0) merges after the barrier
+        run_folder(refiners[index], inputs, tmp_path / "out", process_index=index, num_processes=2, progress=False)
+    assert refiners[0].calls == ["a", "c"] and refiners[1].calls == ["b"]
+    assert set(read_results(tmp_path / "out" / "results.csv")) == {"a.png", "b.png", "c.png"}
+    assert not list((tmp_path / "out").glob("results.part*.csv"))
+
+
+def test_refine_script_with_tiny_random_config(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("one.png", "two.jpg", "three.png"))
+    (inputs / "three.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (inputs / "prompts.csv").write_text("name,prompt\none.png,a red cube on a blue table\ntwo.jpg,a cat wearing a hat\nthree.png,a dog\n")
+    refine = _load_script("refine")
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--prompts", str(inputs / "prompts.csv"),
+            "--config", str(REPO / "configs" / "tiny-random.yaml"), "--no-progress"]
+    assert refine.main(args) == 1
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["one.png", "results.csv", "two.jpg"]
+    for stem in ("one", "two"):
+        for kind in ("pq", "aq", "mask", "pq_overlay"):
+            assert (out / "maps" / f"{stem}_{kind}.png").is_file()
+    rows = _rows(out / "results.csv")
+    assert rows["three.png"]["error"] and not rows["one.png"]["error"] and not rows["two.jpg"]["error"]
+    assert float(rows["one.png"]["psnr_after"]) < float(rows["one.png"]["psnr_before"])
+    assert int(rows["one.png"]["stage1_steps"]) + int(rows["one.png"]["stage2_steps"]) > 0
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".png", ".jpg")}
+    assert refine.main(args + ["--resume"]) == 1  # the corrupt image still fails
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".png", ".jpg")} == mtimes
+    assert "0 refined, 2 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_refine_script_stops_at_once_without_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _write_images(tmp_path / "in", ("a.png",))
+    refine = _load_script("refine")
+    assert refine.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert "weights are missing" in message and "checkpoints/README.md" in message
+    assert "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" in message
