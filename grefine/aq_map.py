@@ -48,12 +48,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.clip_surgery import vvv_surgery
+from grefine.clip_surgery import InputSize, vvv_surgery
 from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
 from grefine.syntax_tree import ParsedPrompt, parse_prompt
 
 DefectKind = Literal["none", "noun_unmatched", "adjective_unmatched"]
-InputSize = Union[None, int, tuple[int, int], Literal["native"]]
 
 SCORE_TEMPERATURE = 10.0
 """The authors' alignment score is ``σ(10·s)``."""
@@ -291,17 +290,6 @@ class AQMap(nn.Module):
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
 
-    def _input_size(self, image: Image.Image) -> tuple[int, int]:
-        patch_h, patch_w = self.surgery.patch_size
-        if self.input_size is None:
-            return self.surgery.image_size
-        if self.input_size == "native":
-            width, height = image.size
-            return (max(patch_h, round(height / patch_h) * patch_h), max(patch_w, round(width / patch_w) * patch_w))
-        if isinstance(self.input_size, int):
-            return (self.input_size, self.input_size)
-        return (int(self.input_size[0]), int(self.input_size[1]))
-
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text features (K, D), all texts in one batch; texts longer than the
@@ -324,7 +312,7 @@ class AQMap(nn.Module):
         maps min-max normalised per text over the patches and resized (BIC) to the image."""
         features = self.encode_texts(["", *texts])
         directions = features[1:] - features[:1]
-        batch = to_clip_tensor([image], self._input_size(image), self.surgery.image_mean, self.surgery.image_std)
+        batch = to_clip_tensor([image], self.surgery.input_size(image.size, self.input_size), self.surgery.image_mean, self.surgery.image_std)
         tokens, grid = self.surgery.forward_tokens_with_grid(batch.to(directions.device))
         similarity = F.normalize(tokens[0].float(), dim=-1) @ directions.t()  # (1 + h·w, K)
         scores = torch.sigmoid(SCORE_TEMPERATURE * similarity[0])

@@ -21,13 +21,14 @@ Any input size works: the positional embeddings are interpolated bicubically to 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 AttentionMode = Literal["vvv", "vvv_l2"]
+InputSize = Union[None, int, tuple[int, int], Literal["native"]]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -136,6 +137,20 @@ class VVVSurgery(nn.Module):
     def image_std(self) -> tuple[float, ...]:
         cfg = getattr(self.visual, "preprocess_cfg", None) or {}
         return tuple(cfg.get("std", OPENAI_STD))
+
+    def input_size(self, image_size: tuple[int, int], requested: "InputSize" = None) -> tuple[int, int]:
+        """The (height, width) to resize an image of ``image_size`` = (width, height) to:
+        ``requested`` None = the model's own size, an int or (height, width), or ``"native"`` =
+        the image's own size rounded to whole patches."""
+        patch_h, patch_w = self.patch_size
+        if requested is None:
+            return self.image_size
+        if requested == "native":
+            width, height = image_size
+            return (max(patch_h, round(height / patch_h) * patch_h), max(patch_w, round(width / patch_w) * patch_w))
+        if isinstance(requested, int):
+            return (requested, requested)
+        return (int(requested[0]), int(requested[1]))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.clip_surgery import AttentionMode, encode_text_embeddings, vvv_surgery
+from grefine.clip_surgery import AttentionMode, InputSize, encode_text_embeddings, vvv_surgery
 from grefine.errors import MissingWeightsError
 from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
 
@@ -67,7 +67,6 @@ CLASS_NAME_TOKENS = 3
 EOT_POSITION = 1 + 2 * N_CTX_HALF + CLASS_NAME_TOKENS  # = 20, the authors' fixed read-out index
 
 MapNormalization = Literal["score", "minmax", "none"]
-InputSize = Union[None, int, tuple[int, int], Literal["native"]]
 
 
 class QualityEmbeddingError(ValueError):
@@ -269,17 +268,6 @@ class PQMap(nn.Module):
         features = features.float().view(len(QUALITY_FACTORS), 2, -1)
         return features[:, 0] - features[:, 1]
 
-    def _input_size(self, image: Image.Image) -> tuple[int, int]:
-        patch_h, patch_w = self.surgery.patch_size
-        if self.input_size is None:
-            return self.surgery.image_size
-        if self.input_size == "native":
-            width, height = image.size
-            return (max(patch_h, round(height / patch_h) * patch_h), max(patch_w, round(width / patch_w) * patch_w))
-        if isinstance(self.input_size, int):
-            return (self.input_size, self.input_size)
-        return (int(self.input_size[0]), int(self.input_size[1]))
-
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Eq. 3's L_raw for a preprocessed batch: (B, 1 + h·w, 4) logit differences."""
@@ -317,7 +305,7 @@ class PQMap(nn.Module):
         rgb = [as_rgb_image(image) for image in ([images] if single else images)]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(rgb):
-            groups.setdefault(self._input_size(image), []).append(index)
+            groups.setdefault(self.surgery.input_size(image.size, self.input_size), []).append(index)
         results: list[Optional[PQMapResult]] = [None] * len(rgb)
         for size, indices in groups.items():
             for index, result in zip(indices, self._results([rgb[i] for i in indices], size)):
