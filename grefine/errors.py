@@ -5,13 +5,11 @@ CHECKPOINTS_HELP = "See checkpoints/README.md for where each weight comes from a
 
 
 class MissingWeightsError(OSError):
-    """Weights (a hub id or a local folder/file) could not be loaded.
+    """Weights (a hub id or a local folder/file) could not be loaded; the message names what
+    was asked for and points at ``checkpoints/README.md``. Every component's loading error
+    derives from it, so callers catch this one type."""
 
-    The message names what was asked for and points at ``checkpoints/README.md``.
-    """
-
-    def __init__(self, what: str, source: str, cause: BaseException | None = None) -> None:
+    @classmethod
+    def for_source(cls, what: str, source: str, cause: BaseException | None = None) -> "MissingWeightsError":
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
-        super().__init__(f"cannot load {what} from '{source}'{detail}. {CHECKPOINTS_HELP}")
-        self.what = what
-        self.source = source
+        return cls(f"cannot load {what} from '{source}'{detail}. {CHECKPOINTS_HELP}")

@@ -330,7 +330,7 @@ def load_open_clip(
         model = open_clip.create_model(model_name, pretrained=pretrained, device=device, precision=precision)
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as err:  # open_clip raises RuntimeError/OSError/HF errors depending on the source
-        raise MissingWeightsError(f"open_clip model {model_name}", str(pretrained), err) from err
+        raise MissingWeightsError.for_source(f"open_clip model {model_name}", str(pretrained), err) from err
     if pretrained is None:
         warnings.warn(f"open_clip {model_name} was created without pretrained weights: its outputs are random.")
     return model.eval(), tokenizer

@@ -29,6 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from grefine.aq_map import EmphasizedPrompt
+from grefine.errors import MissingWeightsError
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLInpaintPipeline
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 DEFAULT_INPAINT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(MissingWeightsError):
     """The weights of a diffusion model cannot be loaded (not cached, offline, bad folder)."""
 
 
@@ -218,6 +219,7 @@ class InpaintStage1:
     def __init__(self, pipe: StableDiffusionXLInpaintPipeline, *, resolution: int | None = 1024):
         self.pipe = pipe
         self.resolution = resolution
+        pipe.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
 
     @classmethod
     def from_pretrained(
@@ -266,7 +268,6 @@ class InpaintStage1:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
         return cls(pipe, resolution=resolution)
 
     def __call__(

@@ -25,17 +25,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from grefine.benchmarking import SD15_UNET_CONFIG
 from grefine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
-
-SD15_UNET_CONFIG = dict(
-    sample_size=64,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-)
 
 
 def _unet_config(tiny: bool) -> dict:

@@ -110,3 +110,13 @@ def test_missing_weights_are_listed_together_and_at_once(tmp_path, monkeypatch):
 
 def test_tiny_config_needs_no_weights():
     assert required_weights(GRefineConfig.from_yaml(TINY)) == []
+
+
+def test_every_component_loading_error_is_a_missing_weights_error():
+    from grefine.errors import MissingWeightsError
+    from grefine.pasd.loading import PASDWeightsNotFoundError
+    from grefine.refiner import ModelUnavailable
+
+    assert issubclass(ModelUnavailable, MissingWeightsError)
+    assert issubclass(PASDWeightsNotFoundError, MissingWeightsError)
+    assert issubclass(PASDWeightsNotFoundError, FileNotFoundError)

@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 from diffusers import ModelMixin
 
+from grefine.errors import MissingWeightsError
+
 CHECKPOINT_HELP = (
     "See checkpoints/README.md for where to get the Stable Diffusion 1.5 and PASD weights and how to "
     "point the config at a hub id or a local folder (PASD: a folder with 'unet/' and 'controlnet/')."
@@ -15,7 +17,7 @@ CHECKPOINT_HELP = (
 Model = TypeVar("Model", bound=ModelMixin)
 
 
-class PASDWeightsNotFoundError(FileNotFoundError):
+class PASDWeightsNotFoundError(MissingWeightsError, FileNotFoundError):
     """A Stable Diffusion or PASD component cannot be found locally or on the (offline) hub."""
 
 
