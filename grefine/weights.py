@@ -80,6 +80,12 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     """Everything the configuration will load (tiny-random sections need nothing)."""
     needed: list[WeightSource] = []
     clip_sections = [("PQ-Map CLIP", "pq_map", config.pq_map), ("AQ-Map CLIP", "aq_map", config.aq_map)]
+    shared = not config.pq_map.tiny_random and (config.pq_map.model_name, config.pq_map.pretrained) == (
+        config.aq_map.model_name,
+        config.aq_map.pretrained,
+    )
+    if shared:
+        clip_sections = [("PQ-Map and AQ-Map CLIP", "pq_map", config.pq_map)]
     for what, key, section in clip_sections:
         if section.tiny_random:
             continue
@@ -100,16 +106,30 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     return list({(w.source, w.files): w for w in needed}.values())
 
 
+def _tagger_missing() -> Optional[str]:
+    """None when NLTK's POS tagger loads (or downloads); else a line saying how to get it."""
+    from grefine.syntax_tree import DOWNLOAD_COMMAND, TaggerUnavailableError, load_tagger
+
+    try:
+        load_tagger()
+        return None
+    except TaggerUnavailableError:
+        return f"  - NLTK POS tagger (AQ-Map prompt parsing): run `{DOWNLOAD_COMMAND}` or set NLTK_DATA"
+
+
 def check_weights(config: GRefineConfig, online: Optional[bool] = None) -> None:
-    """Raise :class:`WeightsUnavailableError` listing every missing weight when offline."""
+    """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger,
+    which every configuration needs) when they cannot be had."""
     needed = required_weights(config)
     local_missing = [w for w in needed if w.files and not is_available(w)]
     online = hub_reachable() if online is None else online
     missing = local_missing if online else [w for w in needed if not is_available(w)]
-    if missing:
-        lines = "\n".join(f"  - {w.what}: '{w.source}' (config key {w.config_key})" for w in missing)
+    lines = [f"  - {w.what}: '{w.source}' (config key {w.config_key})" for w in missing]
+    lines += [line for line in [_tagger_missing()] if line]
+    if lines:
+        listing = "\n".join(lines)
         state = "" if online else " and the Hugging Face hub cannot be reached"
         raise WeightsUnavailableError(
             f"grefine cannot start with config {config.source}: these weights are missing{state}:\n"
-            f"{lines}\n{CHECKPOINTS_HELP} For a smoke test without weights use configs/tiny-random.yaml."
+            f"{listing}\n{CHECKPOINTS_HELP} For a smoke test without weights use configs/tiny-random.yaml."
         )

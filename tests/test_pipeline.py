@@ -120,3 +120,16 @@ def test_every_component_loading_error_is_a_missing_weights_error():
     assert issubclass(ModelUnavailable, MissingWeightsError)
     assert issubclass(PASDWeightsNotFoundError, MissingWeightsError)
     assert issubclass(PASDWeightsNotFoundError, FileNotFoundError)
+
+
+def test_a_missing_tagger_is_reported_by_the_preflight(monkeypatch):
+    import grefine.syntax_tree as syntax_tree
+
+    def unavailable():
+        raise syntax_tree.TaggerUnavailableError("no tagger")
+
+    monkeypatch.setattr(syntax_tree, "load_tagger", unavailable)
+    with pytest.raises(WeightsUnavailableError, match="NLTK POS tagger.*nltk.downloader averaged_perceptron_tagger_eng"):
+        check_weights(GRefineConfig.from_yaml(TINY), online=True)
+    monkeypatch.undo()
+    check_weights(GRefineConfig.from_yaml(TINY), online=False)  # tiny + tagger present: nothing missing
