@@ -67,10 +67,10 @@ def _text_config(tokenizer, **sizes):
 
 def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype):
     """SDXL-inpainting at full size, random weights, on ``device`` in ``dtype``."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from grefine.testing import build_tiny_clip_tokenizer
+    from grefine.testing import assemble_sdxl_inpaint_pipeline, build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()
     with device:
@@ -78,21 +78,7 @@ def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype)
         vae = AutoencoderKL(**VAE_CONFIG, sample_size=1024, scaling_factor=0.13025)
         text_encoder = CLIPTextModel(_text_config(tokenizer, **CLIP_L_TEXT))
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, **CLIP_BIGG_TEXT))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
-    )
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        requires_aesthetics_score=False,
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    pipe = assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
     return pipe.to(device=device, dtype=dtype)
 
 

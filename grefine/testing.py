@@ -90,8 +90,6 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
     inpainting-0.1``: 6 time ids · 8 + 32 pooled = 80 projection inputs."""
     from diffusers import (
         AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLInpaintPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -134,6 +132,16 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return assemble_sdxl_inpaint_pipeline(
+        unet, vae, CLIPTextModel(text_config), CLIPTextModelWithProjection(text_config), tokenizer
+    )
+
+
+def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer):
+    """An SDXL-inpainting pipeline from given models (tiny here, full-size in
+    :mod:`grefine.benchmarking`) with SDXL's Euler scheduler settings and one tokenizer."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
+
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -142,9 +150,9 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
         timestep_spacing="leading",
     )
     return StableDiffusionXLInpaintPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config).eval(),
-        text_encoder_2=CLIPTextModelWithProjection(text_config).eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet.eval(),
