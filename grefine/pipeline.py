@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 from PIL import Image
 
-from grefine.aq_map import AQMap
+from grefine.aq_map import AQMap, AQMapResult
 from grefine.config import GRefineConfig
 from grefine.image_io import PathLike, as_rgb_image
 from grefine.pq_map import PQMap, PQMapResult, load_open_clip
@@ -38,7 +38,7 @@ class GRefineOutput:
 
     image: Image.Image
     pq: PQMapResult
-    aq: Any
+    aq: AQMapResult
     mask: MaskResult
     strength1: float
     strength2: float
