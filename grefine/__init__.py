@@ -1,16 +1,20 @@
 """grefine: G-Refine, a general quality refiner for text-to-image generation.
 
 Components (paper §3): :class:`PQMap` (Eq. 1-3), :func:`parse_prompt` and :class:`AQMap`
-(Eq. 4-8), :class:`InpaintStage1` and :class:`~grefine.pasd.PASDStage2` (Eq. 9-10), chained by
+(Eq. 4-8), :class:`InpaintStage1` and :class:`~grefine.refine.pasd.PASDStage2` (Eq. 9-10), chained by
 :class:`GRefinePipeline`.
+
+Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.refine` (§3.3),
+:mod:`grefine.eval` (§4) and :mod:`grefine.train` (learning PQ-Map's prompts).
 """
-from grefine.aq_map import AQMap, AQMapResult, EmphasizedPrompt
-from grefine.clip_surgery import vvv_surgery
 from grefine.config import GRefineConfig
+from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt
+from grefine.maps.clip_surgery import vvv_surgery
+from grefine.maps.pq_map import PQMap, PQMapResult
+from grefine.maps.syntax_tree import ParsedPrompt, Phrase, parse_prompt
 from grefine.pipeline import GRefineOutput, GRefinePipeline
-from grefine.pq_map import PQMap, PQMapResult
-from grefine.refiner import InpaintStage1, MaskResult, binarize, stage1_strength
-from grefine.syntax_tree import ParsedPrompt, Phrase, parse_prompt
+from grefine.refine.mask import MaskResult, binarize, stage1_strength
+from grefine.refine.stage1 import InpaintStage1
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from grefine.pq_map import DEFAULT_ALPHA
+from grefine.maps.pq_map import DEFAULT_ALPHA
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,7 @@ class PQMapConfig:
 
 @dataclass
 class AQMapConfig:
-    """AQ-Map (Eq. 4-8); ``options`` are passed to :class:`grefine.aq_map.AQMap` (a_bound, beta, ...)."""
+    """AQ-Map (Eq. 4-8); ``options`` are passed to :class:`grefine.maps.aq_map.AQMap` (a_bound, beta, ...)."""
 
     model_name: str = "ViT-B-16"
     pretrained: Optional[str] = "openai"
@@ -50,7 +50,7 @@ class AQMapConfig:
 
 @dataclass
 class MaskConfig:
-    """Eq. 9's Bi(1 − P + A); see :func:`grefine.refiner.binarize`."""
+    """Eq. 9's Bi(1 − P + A); see :func:`grefine.refine.mask.binarize`."""
 
     threshold: float = 0.75
     dilation: float = 16.0
@@ -73,7 +73,7 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ; ``options`` go to
-    :meth:`grefine.pasd.PASDStage2.from_pretrained`."""
+    :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`."""
 
     type: Optional[str] = "pasd"
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -7,7 +7,7 @@ Eq. 9-10 of the paper::
     R  = D^{z2}_{n2} ··· D^{z2}_1 ( D^{z1}_{n1} ··· D^{z1}_1 (I) )
 
 with n1 = n2 = half of ``total_steps`` (20 in the paper). Both stages take the number of steps
-to *run*; each derives its schedule length from its strength (:func:`grefine.refiner.inference_steps_for`).
+to *run*; each derives its schedule length from its strength (:func:`grefine.refine.stage1.inference_steps_for`).
 Models load once in :meth:`GRefinePipeline.from_pretrained` and are reused for every call.
 """
 from __future__ import annotations
@@ -15,17 +15,33 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Protocol, Union
 
 import torch
 from PIL import Image
 
-from grefine.aq_map import AQMap, AQMapResult
 from grefine.config import GRefineConfig
 from grefine.image_io import PathLike, as_rgb_image
-from grefine.pq_map import PQMap, PQMapResult, load_open_clip
-from grefine.refiner import InpaintStage1, MaskResult, Stage1Result, Stage2, binarize, stage1_strength
+from grefine.maps.aq_map import AQMap, AQMapResult
+from grefine.maps.pq_map import PQMap, PQMapResult, load_open_clip
+from grefine.refine.mask import MaskResult, binarize, stage1_strength
+from grefine.refine.stage1 import InpaintStage1, Stage1Result
 from grefine.weights import check_weights
+
+
+class Stage2(Protocol):
+    """Eq. 10's restoration stage ``D^{z2}_{n2} ··· D^{z2}_1``: a mild, global denoising with
+    strength δ (Eq. 9's ``z2 = δ · QKV(prompt, 1)``); implemented by the PASD module."""
+
+    def __call__(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        strength: float,
+        num_inference_steps: int,
+        generator: torch.Generator | None,
+    ) -> Image.Image: ...
 
 
 @dataclass
@@ -225,7 +241,7 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
 
         stage2 = build_tiny_pasd_stage2(seed=config.seed)
     else:
-        from grefine.pasd import PASDStage2
+        from grefine.refine.pasd import PASDStage2
 
         stage2 = PASDStage2.from_pretrained(
             base_model=cfg.base_model,

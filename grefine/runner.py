@@ -19,7 +19,13 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence
 from PIL import Image
 from tqdm.auto import tqdm
 
-from grefine.image_io import heatmap_overlay, load_image, map_to_image, save_image_atomic, write_text_atomic
+from grefine.image_io import (
+    heatmap_overlay,
+    load_image,
+    map_to_image,
+    save_image_atomic,
+    write_text_atomic,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = (
@@ -59,10 +65,10 @@ class Metric(Protocol):
 
 
 def create_metrics(names: Sequence[str], device=None) -> tuple[list[Metric], dict[str, str]]:
-    """Create the named metrics (:func:`grefine.metrics.create_metric`); those that cannot be
+    """Create the named metrics (:func:`grefine.eval.metrics.create_metric`); those that cannot be
     had here (missing weights, offline) are returned with their reason instead of raising.
     An unknown name still raises, before any work is done."""
-    from grefine.metrics import MetricUnavailable, create_metric
+    from grefine.eval.metrics import MetricUnavailable, create_metric
 
     metrics: list[Metric] = []
     failures: dict[str, str] = {}

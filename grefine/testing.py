@@ -139,7 +139,7 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
 
 def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer):
     """An SDXL-inpainting pipeline from given models (tiny here, full-size in
-    :mod:`grefine.benchmarking`) with SDXL's Euler scheduler settings and one tokenizer."""
+    :mod:`grefine.eval.speed`) with SDXL's Euler scheduler settings and one tokenizer."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
 
     scheduler = EulerDiscreteScheduler(
@@ -184,7 +184,7 @@ def build_tiny_pasd_models(seed: int = 0):
     """A tiny random PASD ``(unet, controlnet)``; the ControlNet is built ``from_unet`` as in
     PASD's training. Every weight is perturbed, so that the zero-initialised ControlNet
     outputs are not trivially zero."""
-    from grefine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
+    from grefine.refine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = PASDUNet2DConditionModel(**TINY_PASD_UNET_CONFIG)
@@ -203,7 +203,7 @@ def build_tiny_pasd_stage2(seed: int = 0, **options):
     from diffusers import AutoencoderKL, UniPCMultistepScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from grefine.pasd import PASDStage2
+    from grefine.refine.pasd import PASDStage2
 
     tokenizer = build_tiny_clip_tokenizer()
     unet, controlnet = build_tiny_pasd_models(seed)

@@ -108,7 +108,11 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
 
 def _tagger_missing() -> Optional[str]:
     """None when NLTK's POS tagger loads (or downloads); else a line saying how to get it."""
-    from grefine.syntax_tree import DOWNLOAD_COMMAND, TaggerUnavailableError, load_tagger
+    from grefine.maps.syntax_tree import (
+        DOWNLOAD_COMMAND,
+        TaggerUnavailableError,
+        load_tagger,
+    )
 
     try:
         load_tagger()

@@ -23,7 +23,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.aq_map import AQMap, AQMapResult  # noqa: E402
 from grefine.image_io import (  # noqa: E402
     ImageLoadError,
     heatmap_overlay,
@@ -32,7 +31,8 @@ from grefine.image_io import (  # noqa: E402
     save_image_atomic,
     write_text_atomic,
 )
-from grefine.syntax_tree import EmptyPromptError, add_nltk_data_dir  # noqa: E402
+from grefine.maps.aq_map import AQMap, AQMapResult  # noqa: E402
+from grefine.maps.syntax_tree import EmptyPromptError, add_nltk_data_dir  # noqa: E402
 
 SUMMARY_COLUMNS = ("name", "score", "prompt_score", "defects", "emphasized_prompt")
 

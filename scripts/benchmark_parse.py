@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.syntax_tree import add_nltk_data_dir, load_tagger, parse_prompt  # noqa: E402
+from grefine.maps.syntax_tree import add_nltk_data_dir, load_tagger, parse_prompt  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 

@@ -25,8 +25,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.benchmarking import SD15_UNET_CONFIG
-from grefine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
+from grefine.eval.speed import SD15_UNET_CONFIG
+from grefine.refine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
 
 
 def _unet_config(tiny: bool) -> dict:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grefine.pq_map import PQMap  # noqa: E402
+from grefine.maps.pq_map import PQMap  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

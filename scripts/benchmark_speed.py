@@ -4,7 +4,7 @@
     python scripts/benchmark_speed.py --random-weights [--sizes 512 1024] [--images 3] [--device cuda]
 
 Full-size architectures (CLIP ViT-B/16 for both maps, SDXL-inpainting, SD1.5 + PASD) with
-random weights in fp16 (:mod:`grefine.benchmarking`); speed and memory do not depend on weight
+random weights in fp16 (:mod:`grefine.eval.speed`); speed and memory do not depend on weight
 values. The mask threshold is lowered (``--mask-threshold``) so that stage 1 always runs.
 Besides the pipeline's own timings, forward hooks (with CUDA synchronisation) time every UNet,
 ControlNet and VAE pass: the rest — maps, parsing, mask, text encoders, pre/post-processing,
@@ -60,10 +60,13 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
         return GRefinePipeline.from_pretrained(tiny)
     import open_clip
 
-    from grefine.aq_map import AQMap
-    from grefine.benchmarking import build_random_pasd_stage2, build_random_sdxl_inpaint_pipeline
-    from grefine.pq_map import PQMap
-    from grefine.refiner import InpaintStage1
+    from grefine.eval.speed import (
+        build_random_pasd_stage2,
+        build_random_sdxl_inpaint_pipeline,
+    )
+    from grefine.maps.aq_map import AQMap
+    from grefine.maps.pq_map import PQMap
+    from grefine.refine.stage1 import InpaintStage1
 
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     clip = open_clip.create_model("ViT-B-16", pretrained=None, device=device, precision=precision).eval()

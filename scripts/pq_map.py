@@ -21,8 +21,14 @@ sys.path.insert(0, str(REPO))
 from tqdm.auto import tqdm  # noqa: E402
 
 from grefine.errors import MissingWeightsError  # noqa: E402
-from grefine.image_io import heatmap_overlay, load_image, map_to_image, save_image_atomic, write_text_atomic  # noqa: E402
-from grefine.pq_map import QUALITY_FACTORS, PQMap, QualityEmbeddingError  # noqa: E402
+from grefine.image_io import (  # noqa: E402
+    heatmap_overlay,
+    load_image,
+    map_to_image,
+    save_image_atomic,
+    write_text_atomic,
+)
+from grefine.maps.pq_map import QUALITY_FACTORS, PQMap, QualityEmbeddingError  # noqa: E402
 from grefine.runner import IMAGE_SUFFIXES, list_images  # noqa: E402
 
 

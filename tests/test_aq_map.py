@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from grefine.aq_map import (
+from grefine.errors import MissingWeightsError
+from grefine.maps.aq_map import (
     Alignment,
     AQMap,
     EmphasizedPrompt,
@@ -21,8 +22,7 @@ from grefine.aq_map import (
     merge_alignment_map,
     minmax_per_text,
 )
-from grefine.errors import MissingWeightsError
-from grefine.syntax_tree import add_nltk_data_dir, parse_prompt
+from grefine.maps.syntax_tree import add_nltk_data_dir, parse_prompt
 from grefine.testing import build_tiny_open_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_long_prompt_warns_and_still_works(tiny):
 
 
 def test_empty_prompt_is_an_error(tiny):
-    from grefine.syntax_tree import EmptyPromptError
+    from grefine.maps.syntax_tree import EmptyPromptError
 
     model, tokenizer = tiny
     with pytest.raises(EmptyPromptError):

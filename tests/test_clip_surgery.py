@@ -5,7 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grefine.clip_surgery import UnsupportedModelError, encode_text_embeddings, vvv_surgery
+from grefine.maps.clip_surgery import (
+    UnsupportedModelError,
+    encode_text_embeddings,
+    vvv_surgery,
+)
 from grefine.testing import build_tiny_open_clip
 
 

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grefine.image_io import ImageLoadError, heatmap_overlay, load_image, map_to_image, save_image_atomic
+from grefine.image_io import (
+    ImageLoadError,
+    heatmap_overlay,
+    load_image,
+    map_to_image,
+    save_image_atomic,
+)
 
 
 def test_sixteen_bit_is_rescaled_not_clipped(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from grefine.metrics import (
+from grefine.eval.metrics import (
     PAPER_METRICS,
     MetricUnavailable,
     create_metric,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.pasd import (
+from grefine.refine.pasd import (
     PASDCheckpointMismatchError,
     PASDControlNetModel,
     PASDStage2,
@@ -18,9 +18,13 @@ from grefine.pasd import (
     PASDWeightsNotFoundError,
     wavelet_color_fix,
 )
-from grefine.pasd.loading import load_pasd_model
-from grefine.pasd.vae_tiling import tiled_apply
-from grefine.testing import TINY_PASD_UNET_CONFIG, build_tiny_pasd_models, build_tiny_pasd_stage2
+from grefine.refine.pasd.loading import load_pasd_model
+from grefine.refine.pasd.vae_tiling import tiled_apply
+from grefine.testing import (
+    TINY_PASD_UNET_CONFIG,
+    build_tiny_pasd_models,
+    build_tiny_pasd_stage2,
+)
 
 MANIFEST = Path(__file__).parent / "data" / "pasd_sd15_manifest.json"
 

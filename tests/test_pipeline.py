@@ -114,8 +114,8 @@ def test_tiny_config_needs_no_weights():
 
 def test_every_component_loading_error_is_a_missing_weights_error():
     from grefine.errors import MissingWeightsError
-    from grefine.pasd.loading import PASDWeightsNotFoundError
-    from grefine.refiner import ModelUnavailable
+    from grefine.refine.pasd.loading import PASDWeightsNotFoundError
+    from grefine.refine.stage1 import ModelUnavailable
 
     assert issubclass(ModelUnavailable, MissingWeightsError)
     assert issubclass(PASDWeightsNotFoundError, MissingWeightsError)
@@ -123,7 +123,7 @@ def test_every_component_loading_error_is_a_missing_weights_error():
 
 
 def test_a_missing_tagger_is_reported_by_the_preflight(monkeypatch):
-    import grefine.syntax_tree as syntax_tree
+    import grefine.maps.syntax_tree as syntax_tree
 
     def unavailable():
         raise syntax_tree.TaggerUnavailableError("no tagger")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grefine.image_io import ImageLoadError
-from grefine.pq_map import (
+from grefine.maps.pq_map import (
     DEFAULT_ALPHA,
     EOT_POSITION,
     FALLBACK_TEXT_PAIRS,
@@ -55,7 +55,7 @@ def test_official_embeddings_assemble_in_the_authors_layout(pq_embeddings_dir):
 
 
 def test_official_embeddings_flow_through_a_width_512_text_tower(tiny_pq, pq_embeddings_dir):
-    from grefine.clip_surgery import encode_text_embeddings
+    from grefine.maps.clip_surgery import encode_text_embeddings
 
     direction = tiny_pq.text_direction
     assert direction.shape == (4, 32) and torch.isfinite(direction).all()

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grefine.refiner import MaskResult
-from grefine.runner import PromptSourceError, prompt_for, read_prompts, read_results, run_folder
+from grefine.refine.mask import MaskResult
+from grefine.runner import (
+    PromptSourceError,
+    prompt_for,
+    read_prompts,
+    read_results,
+    run_folder,
+)
 from tests.conftest import REPO
 
 

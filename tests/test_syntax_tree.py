@@ -8,7 +8,7 @@ import nltk
 import pytest
 from nltk.tree import ParentedTree
 
-from grefine.syntax_tree import (
+from grefine.maps.syntax_tree import (
     DOWNLOAD_COMMAND,
     EmptyPromptError,
     TaggerUnavailableError,

@@ -5,7 +5,7 @@ encoder. Its conditioning branch (``controlnet_cond_embedding``) has one extra `
 convolution after each stride-2 stage, which maps the multi-scale features back to RGB; PASD
 trains these with an L1 loss against the downscaled high-quality image, and they are unused at
 inference. The down/mid residuals feed both the UNet's skip connections (as in ControlNet) and
-its pixel-aware cross-attention (see :mod:`grefine.pasd.unet`).
+its pixel-aware cross-attention (see :mod:`grefine.refine.pasd.unet`).
 
 State-dict names/shapes equal the authors' released ``pasd/controlnet`` checkpoint: those of
 diffusers' :class:`~diffusers.ControlNetModel` plus ``controlnet_cond_embedding.to_rgbs.{k}``.
@@ -58,7 +58,7 @@ class PASDControlNetModel(ControlNetModel):
     down/mid residuals). PASD's own config files also carry ``return_rgbs: true`` and
     ``use_rrdb: false``; diffusers ignores them with a warning. The ``pasd_rrdb`` variant (an RRDB
     pre-processor in the conditioning branch) is not supported: its weights fail the strict
-    key check of :func:`grefine.pasd.loading.load_pasd_model`.
+    key check of :func:`grefine.refine.pasd.loading.load_pasd_model`.
     """
 
     # ``wraps`` exposes the parent's signature, which diffusers reads to build configs.

@@ -3,7 +3,7 @@
 Pipeline of one call ``AQMap(model, tokenizer)(image, prompt)``:
 
 1. the prompt is split into phrases, each with a head noun and an ancestor phrase
-   (Eq. 4, Algorithm 1: :func:`grefine.syntax_tree.parse_prompt`);
+   (Eq. 4, Algorithm 1: :func:`grefine.maps.syntax_tree.parse_prompt`);
 2. Eq. 5 for every phrase ``phs[j]``, every noun ``pns[j]`` and the whole prompt, with the VVV
    image tokens (Eq. 1) L2-normalised and the text features L2-normalised:
    ``s = tokens · (C_T(text) − C_T(""))`` — the empty string's feature is CLIP-Surgery's redundant
@@ -48,9 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.clip_surgery import InputSize, vvv_surgery
 from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
-from grefine.syntax_tree import ParsedPrompt, parse_prompt
+from grefine.maps.clip_surgery import InputSize, vvv_surgery
+from grefine.maps.syntax_tree import ParsedPrompt, parse_prompt
 
 DefectKind = Literal["none", "noun_unmatched", "adjective_unmatched"]
 
@@ -281,7 +281,7 @@ class AQMap(nn.Module):
         """Build AQ-Map on a real open_clip model (default ViT-B/16 ``openai``, the authors'
         CS-ViT-B/16). Missing weights raise :class:`~grefine.errors.MissingWeightsError`
         naming the model and pointing at ``checkpoints/README.md``."""
-        from grefine.pq_map import load_open_clip
+        from grefine.maps.pq_map import load_open_clip
 
         model, tokenizer = load_open_clip(model_name, pretrained, device=device, precision=precision)
         return cls(model, tokenizer, **kwargs).to(next(model.parameters()).device)

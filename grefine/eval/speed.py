@@ -70,7 +70,10 @@ def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from grefine.testing import assemble_sdxl_inpaint_pipeline, build_tiny_clip_tokenizer
+    from grefine.testing import (
+        assemble_sdxl_inpaint_pipeline,
+        build_tiny_clip_tokenizer,
+    )
 
     tokenizer = build_tiny_clip_tokenizer()
     with device:
@@ -87,7 +90,11 @@ def build_random_pasd_stage2(device: torch.device, dtype: torch.dtype, **options
     from diffusers import AutoencoderKL, UniPCMultistepScheduler
     from transformers import CLIPTextModel
 
-    from grefine.pasd import PASDControlNetModel, PASDStage2, PASDUNet2DConditionModel
+    from grefine.refine.pasd import (
+        PASDControlNetModel,
+        PASDStage2,
+        PASDUNet2DConditionModel,
+    )
     from grefine.testing import build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()

@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from grefine.aq_map import EmphasizedPrompt
-from grefine.refiner import (
+from grefine.maps.aq_map import EmphasizedPrompt
+from grefine.refine.mask import binarize, stage1_strength
+from grefine.refine.stage1 import (
     InpaintStage1,
     ModelUnavailable,
-    binarize,
     inference_steps_for,
     paste_back,
-    stage1_strength,
 )
 from grefine.testing import build_tiny_sdxl_inpaint_pipeline
 

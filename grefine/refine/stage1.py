@@ -1,19 +1,10 @@
-"""G-Refine's quality refiner, stage 1 (§3.3, Eq. 9-10), and the interface of stage 2.
+"""Stage 1 of G-Refine's quality refiner (§3.3, Eq. 9-10): SDXL inpainting of the mask.
 
-Eq. 9 conditions two diffusion stages::
+Eq. 10 runs ``D^{z1}_{n1} ··· D^{z1}_1`` on the image with ``z1`` of Eq. 9, whose mask and
+strength come from :mod:`grefine.refine.mask`:
 
-    z1 = (p + a)/2 · QKV(prompt, Bi(1 − P + A))      (refinement: strong, masked)
-    z2 = δ · QKV(prompt, 1)                          (restoration: mild, global)
-
-and Eq. 10 runs them in cascade, ``R = D^{z2}_{n2} ··· D^{z2}_1 (D^{z1}_{n1} ··· D^{z1}_1 (I))``.
-This module implements stage 1 with SDXL-inpainting:
-
-* :func:`binarize` is ``Bi(1 − P + A)``, the inpainting mask;
-* :func:`stage1_strength` is our reading of the ``(p + a)/2`` factor (a denoising strength);
 * :func:`inference_steps_for` turns "run n1 denoising steps" into diffusers' step arguments;
-* :class:`InpaintStage1` runs ``D^{z1}_{n1} ··· D^{z1}_1`` and pastes the result back.
-
-Stage 2 (PASD, another module) is typed by the :class:`Stage2` protocol.
+* :class:`InpaintStage1` runs the steps and pastes the result back.
 """
 
 from __future__ import annotations
@@ -21,15 +12,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
-from grefine.aq_map import EmphasizedPrompt
 from grefine.errors import MissingWeightsError
+from grefine.maps.aq_map import EmphasizedPrompt
+from grefine.refine.mask import MaskResult
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLInpaintPipeline
@@ -39,108 +30,6 @@ DEFAULT_INPAINT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 
 class ModelUnavailable(MissingWeightsError):
     """The weights of a diffusion model cannot be loaded (not cached, offline, bad folder)."""
-
-
-# --------------------------------------------------------------------------- Eq. 9: Bi(·)
-
-
-@dataclass(frozen=True)
-class MaskResult:
-    """``Bi(1 − P + A)`` of Eq. 9, at the image size.
-
-    Attributes:
-        binary: bool H×W, the thresholded and dilated mask: where stage 1 redraws (the
-            inpainting mask given to the diffusion model).
-        soft: float32 H×W in [0, 1], ``binary`` feathered by a Gaussian: the paste-back weight.
-            It is exactly 0 farther than ~3 σ from ``binary``, so those pixels stay untouched.
-    """
-
-    binary: np.ndarray
-    soft: np.ndarray
-
-    @property
-    def is_empty(self) -> bool:
-        """True when nothing is to be refined; stage 1 is then skipped."""
-        return not bool(self.binary.any())
-
-    @property
-    def coverage(self) -> float:
-        """Fraction of the image covered by ``binary``."""
-        return float(self.binary.mean())
-
-
-def binarize(
-    P: np.ndarray,
-    A: np.ndarray,
-    *,
-    threshold: float = 0.75,
-    dilation: float = 16.0,
-    feather: float = 4.0,
-) -> MaskResult:
-    """Eq. 9's ``Bi(1 − P + A)``: the region that stage 1 refines.
-
-    Args:
-        P: PQ-Map, float H×W in [0, 1], high = good perceptual quality.
-        A: AQ-Map, float H×W in [0, 1]: 1 everywhere when no phrase is defective; otherwise
-            the product of the defective phrases' region maps (high on the region to redraw).
-        threshold: the map ``M = (1 − P + A)/2`` (in [0, 1]) is binarised as ``M > threshold``.
-            The default 0.75 means: where ``A = 1``, refine the pixels with ``P < 0.5``.
-        dilation: radius in pixels (Euclidean disk) by which the binary mask grows, so that the
-            seams of a defect are redrawn too and the mask survives the 8× latent downsampling.
-            Default 16 px (1.6 % of a 1024² image's side, 3 % of 512²); 0 disables it.
-        feather: σ in pixels of the Gaussian that softens the dilated mask into the paste-back
-            weight (truncated at 3 σ); 0 gives a hard paste-back. Keep ``dilation ≥ 3·feather``
-            so that the undilated defect region is fully (weight ≈ 1) redrawn.
-
-    Returns:
-        A :class:`MaskResult` (binary = dilated mask, soft = its feathered version).
-    """
-    P = np.asarray(P, dtype=np.float32)
-    A = np.asarray(A, dtype=np.float32)
-    if P.shape != A.shape or P.ndim != 2:
-        raise ValueError(f"P and A must be H×W maps of one shape, got {P.shape} and {A.shape}")
-    if dilation < 0 or feather < 0:
-        raise ValueError(f"dilation and feather must be ≥ 0, got {dilation} and {feather}")
-    binary = (1.0 - P + A) / 2.0 > threshold
-    if dilation > 0 and binary.any():
-        binary = ndimage.distance_transform_edt(~binary) <= dilation
-    soft = binary.astype(np.float32)
-    if feather > 0:
-        soft = ndimage.gaussian_filter(soft, sigma=feather, mode="constant", truncate=3.0)
-    return MaskResult(binary=binary, soft=np.clip(soft, 0.0, 1.0).astype(np.float32))
-
-
-# --------------------------------------------------------------------- Eq. 9: (p + a)/2
-
-
-def stage1_strength(
-    p: float, a: float, *, min_strength: float = 0.3, max_strength: float = 0.9
-) -> float:
-    """Stage-1 denoising strength from the global scores, our reading of Eq. 9's ``(p + a)/2``.
-
-    Printed literally, ``z1 = (p + a)/2 · QKV(...)`` would refine *better* images *more*, which
-    contradicts §3.3 ("the refining region has a relatively lower quality ... the former conducts a
-    strong denoising process according to the map and score"). We therefore read the factor as
-    the image's quality and make the strength decrease with it::
-
-        strength1 = clip(max_strength · (1 − (p + a)/2), min_strength, max_strength)
-
-    Args:
-        p: global perceptual quality (PQ-Map score), in [0, 1].
-        a: global alignment quality (AQ-Map score, Eq. 8), in [0, 1].
-        min_strength: floor, so that a masked region is always redrawn noticeably.
-        max_strength: ceiling (reached when p = a = 0); ≤ 1.
-
-    Returns:
-        The img2img strength in ``[min_strength, max_strength]``: the fraction of the noise
-        schedule that stage 1 re-noises and then denoises.
-    """
-    if not 0.0 < min_strength <= max_strength <= 1.0:
-        raise ValueError(
-            f"need 0 < min_strength ≤ max_strength ≤ 1, got {min_strength}, {max_strength}"
-        )
-    quality = (float(p) + float(a)) / 2.0
-    return float(np.clip(max_strength * (1.0 - quality), min_strength, max_strength))
 
 
 def inference_steps_for(steps_to_run: int, strength: float) -> int:
@@ -161,23 +50,6 @@ def inference_steps_for(steps_to_run: int, strength: float) -> int:
         total += 1
     return total
 
-
-# ------------------------------------------------------------------------ Eq. 10: stages
-
-
-class Stage2(Protocol):
-    """Eq. 10's restoration stage ``D^{z2}_{n2} ··· D^{z2}_1``: a mild, global denoising with
-    strength δ (Eq. 9's ``z2 = δ · QKV(prompt, 1)``); implemented by the PASD module."""
-
-    def __call__(
-        self,
-        image: Image.Image,
-        prompt: str,
-        *,
-        strength: float,
-        num_inference_steps: int,
-        generator: torch.Generator | None,
-    ) -> Image.Image: ...
 
 
 @dataclass(frozen=True)
@@ -211,7 +83,7 @@ class InpaintStage1:
     Paste-back: the output is ``original · (1 − soft) + generated · soft`` with the mask's soft
     weight, so every pixel whose weight is 0 is bit-for-bit the input pixel.
 
-    Prompt emphasis (Eq. 7): for an :class:`~grefine.aq_map.EmphasizedPrompt` the pipeline's own
+    Prompt emphasis (Eq. 7): for an :class:`~grefine.maps.aq_map.EmphasizedPrompt` the pipeline's own
     ``encode_prompt`` gives ``E(prompt) + weight · Σ_j E(phrase_j)`` for the token embeddings and
     the pooled embeddings alike; the negative (unconditional) embeddings are those of the prompt.
     """

@@ -22,7 +22,7 @@ model is PASD (Yang et al., ECCV 2024), run with half of the iterations (§4.2).
 
 Not reproduced: PASD's tiling of the UNet over latents larger than 320×320 (images above
 2560 px a side run in one pass) and its GroupNorm-synchronised VAE tiles (see
-:mod:`grefine.pasd.vae_tiling`).
+:mod:`grefine.refine.pasd.vae_tiling`).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Pipeline of one call:
 
 1. the image is resized (bicubic, no crop) to the CLIP input size and encoded by the
-   VVV-surgery image tower (Eq. 1, :mod:`grefine.clip_surgery`); the token features are
+   VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`); the token features are
    L2-normalised, as in the authors' script;
 2. four quality-prompt pairs T_p (overall, technical, rational, natural; row 0 positive, row 1
    negative) are encoded by the text tower from their *token embeddings* (Eq. 2) — the official
@@ -39,9 +39,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.clip_surgery import AttentionMode, InputSize, encode_text_embeddings, vvv_surgery
 from grefine.errors import MissingWeightsError
 from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
+from grefine.maps.clip_surgery import (
+    AttentionMode,
+    InputSize,
+    encode_text_embeddings,
+    vvv_surgery,
+)
 
 QUALITY_FACTORS = ("overall", "technical", "rational", "natural")
 """The four prompt pairs of Eq. 2, in order: t_0 overall, t_1..3 the three defect factors."""
