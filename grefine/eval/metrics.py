@@ -8,8 +8,9 @@ prompt or a reference image) as a float. Names:
   brisque, qalign`` and its ``clipscore``, plus weight-free ones such as ``piqe`` (no-reference)
   and ``psnr``/``ssim`` (full-reference: refined vs. original);
 * the alignment scorers pyiqa lacks, through their own packages / weights: ``imagereward``
-  (package ``image-reward``), ``pickscore`` (transformers, ``yuvalkirstain/PickScore_v1``) and
-  ``hpsv2`` (open_clip ViT-H-14 + the HPS v2 checkpoint).
+  (package ``image-reward``), ``pickscore`` (transformers, ``yuvalkirstain/PickScore_v1``),
+  ``hpsv2`` (open_clip ViT-H-14 + the HPS v2 checkpoint) and ``hps`` (HPS v1: OpenAI CLIP
+  ViT-L/14 + the ``hpc.pt`` checkpoint, in open_clip).
 
 A metric that cannot be created (weights neither cached nor downloadable, package missing)
 raises :class:`MetricUnavailable`, and only that, so a runner can record it per metric.
@@ -39,12 +40,25 @@ NETWORK_TIMEOUT_S = 15.0
 _PIP_NAMES = {"ImageReward": "image-reward", "pkg_resources": "setuptools<81"}
 # pyiqa metrics that score a set of images, not one image.
 _DATASET_METRICS = ("fid", "fid_dinov2", "inception_score")
+# pyiqa metrics that score an image against its prompt.
+_PYIQA_PROMPT_METRICS = ("clipscore",)
 
 Scorer = Callable[[torch.Tensor, "str | None", "torch.Tensor | None"], float]
 
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be created here: missing weights (offline), or a missing package."""
+
+
+@dataclass(frozen=True)
+class MetricTraits:
+    """What a metric is, known without creating it (see :func:`describe_metric`); ``name`` is
+    the registry's spelling."""
+
+    name: str
+    lower_better: bool
+    needs_prompt: bool
+    full_reference: bool
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,26 @@ def list_metrics() -> list[str]:
     return sorted(set(_pyiqa_names()) | set(_OWN_METRICS))
 
 
+def describe_metric(name: str) -> MetricTraits:
+    """The traits of metric ``name`` from the registries' own tables: no weights are loaded.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    key = _registry_name(name)
+    if key in _OWN_METRICS:
+        return MetricTraits(key, lower_better=False, needs_prompt=True, full_reference=False)
+    import pyiqa
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    return MetricTraits(
+        key,
+        lower_better=bool(DEFAULT_CONFIGS[key].get("lower_better", False)),
+        needs_prompt=key in _PYIQA_PROMPT_METRICS,
+        full_reference=key in pyiqa.list_models(metric_mode="FR"),
+    )
+
+
 def create_metric(name: str, device: str | torch.device | None = None, **options) -> Metric:
     """Create the metric ``name`` (see :func:`list_metrics`) on ``device`` (default: CUDA if
     available). ``options`` go to ``pyiqa.create_metric`` for pyiqa metrics, or to the loader
@@ -106,9 +140,7 @@ def create_metric(name: str, device: str | torch.device | None = None, **options
         KeyError: unknown name (the message lists the known ones).
         MetricUnavailable: the metric exists but cannot be created here.
     """
-    key = name.lower()
-    if key not in list_metrics():
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}")
+    key = _registry_name(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     build = _OWN_METRICS.get(key, _pyiqa_metric)
     try:
@@ -118,6 +150,14 @@ def create_metric(name: str, device: str | torch.device | None = None, **options
         raise
     except Exception as error:  # any creation failure means "unavailable here"
         raise MetricUnavailable(f"metric {key!r} is unavailable: {_explain(error)}") from error
+
+
+def _registry_name(name: str) -> str:
+    """The registry's spelling of ``name`` (names match case-insensitively)."""
+    names = {known.lower(): known for known in list_metrics()}
+    if name.lower() not in names:
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}")
+    return names[name.lower()]
 
 
 def _explain(error: Exception) -> str:
@@ -157,7 +197,7 @@ def _pyiqa_metric(name: str, device: torch.device, **options) -> Metric:
 
     model = pyiqa.create_metric(name, device=device, **options)
     full_reference = model.metric_mode == "FR"
-    needs_prompt = name == "clipscore"
+    needs_prompt = name in _PYIQA_PROMPT_METRICS
 
     @torch.no_grad()
     def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
@@ -238,22 +278,52 @@ def _hpsv2(
     """HPS v2 (Wu et al., 2023): cosine of open_clip ViT-H-14 embeddings with the HPS v2
     checkpoint (≈ 0.25-0.30 for typical images, the scale of the paper's tables). The
     checkpoint is resolved first, so a missing one fails before the 1B-parameter model is built."""
-    import os
-
     import open_clip
 
-    if os.path.isfile(checkpoint):
-        path = checkpoint
-    else:
-        from huggingface_hub import hf_hub_download
-
-        repo_id, _, filename = checkpoint.partition(":")
-        path = hf_hub_download(repo_id, filename)
+    path = _checkpoint_file(checkpoint)
     clip, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None)
     state = torch.load(path, map_location="cpu", weights_only=False)
     clip.load_state_dict(state.get("state_dict", state))
+    return _clip_similarity(name, clip, preprocess, open_clip.get_tokenizer("ViT-H-14"), device, 1.0)
+
+
+def _hps(name: str, device: torch.device, *, checkpoint: str = "checkpoints/hpc.pt") -> Metric:
+    """HPS v1 (Wu et al., 2023, "Better aligning text-to-image models with human preference"):
+    ``100 · cos`` of the embeddings of OpenAI's CLIP ViT-L/14 fine-tuned into the human
+    preference classifier ``hpc.pt`` (an OpenAI-layout state dict under ``state_dict``). The
+    architecture is read from the checkpoint by open_clip's loader for OpenAI state dicts."""
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state = torch.load(_checkpoint_file(checkpoint), map_location="cpu", weights_only=False)
+    weights = state.get("state_dict", state)
+    clip = build_model_from_openai_state_dict(weights, quick_gelu=True, cast_dtype=None).float()
+    # The builder loads into fp16 parameters; load again in fp32 to keep the checkpoint's
+    # precision (it has already removed the non-tensor entries from ``weights``).
+    clip.load_state_dict(weights)
+    preprocess = open_clip.image_transform(clip.visual.image_size, is_train=False)
+    return _clip_similarity(name, clip, preprocess, open_clip.get_tokenizer("ViT-L-14"), device, 100.0)
+
+
+def _checkpoint_file(checkpoint: str) -> str:
+    """A local file, or ``repo_id:filename`` downloaded from (or found in the cache of) the hub."""
+    import os
+
+    if os.path.isfile(checkpoint):
+        return checkpoint
+    from huggingface_hub import hf_hub_download
+
+    repo_id, _, filename = checkpoint.partition(":")
+    if not filename:
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} is neither a file nor 'repo_id:filename' on the hub")
+    return hf_hub_download(repo_id, filename)
+
+
+def _clip_similarity(
+    name: str, clip: torch.nn.Module, preprocess: Callable, tokenizer: Callable, device: torch.device, scale: float
+) -> Metric:
+    """``scale · cos(E_img, E_txt)`` of an open_clip model (HPS v1 and v2)."""
     clip = clip.eval().to(device)
-    tokenizer = open_clip.get_tokenizer("ViT-H-14")
 
     @torch.no_grad()
     def score(image: torch.Tensor, prompt: str | None, reference: torch.Tensor | None) -> float:
@@ -262,7 +332,7 @@ def _hpsv2(
         text_embeds = torch.nn.functional.normalize(
             clip.encode_text(tokenizer([prompt]).to(device)).float(), dim=-1
         )
-        return (image_embeds * text_embeds).sum().item()
+        return scale * (image_embeds * text_embeds).sum().item()
 
     return Metric(name, False, True, False, score)
 
@@ -271,4 +341,5 @@ _OWN_METRICS: dict[str, Callable[..., Metric]] = {
     "imagereward": _imagereward,
     "pickscore": _pickscore,
     "hpsv2": _hpsv2,
+    "hps": _hps,
 }
