@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "scikit-image",
+    # score evaluation: correlations and the logistic fit (scipy), scatter and gate plots (matplotlib).
+    "scipy",
+    "matplotlib",
     # pyiqa's CLIP-based metrics (clipiqa, liqe, clipscore) import pkg_resources, gone from setuptools 81.
     "setuptools<81",
     # pyiqa's Q-Align imports icecream.
