@@ -130,7 +130,7 @@ class GRefinePipeline:
         check_weights(config)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        pq_map, aq_map = _build_maps(config, device, dtype)
+        pq_map, aq_map = build_maps(config, device, dtype)
         stage1 = _build_stage1(config, device, dtype)
         stage2 = _build_stage2(config, device, dtype)
         return cls(pq_map, aq_map, stage1, stage2, config)
@@ -186,7 +186,7 @@ class GRefinePipeline:
         )
 
 
-def _build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:
+def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:
     """PQ-Map and AQ-Map; one CLIP is loaded when both use the same weights."""
     pq_cfg, aq_cfg = config.pq_map, config.aq_map
     loaded: dict[tuple, tuple] = {}
