@@ -5,9 +5,12 @@ Components (paper §3): :class:`PQMap` (Eq. 1-3), :func:`parse_prompt` and :clas
 :class:`GRefinePipeline`.
 
 Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.refine` (§3.3),
-:mod:`grefine.eval` (§4) and :mod:`grefine.train` (learning PQ-Map's prompts).
+:mod:`grefine.eval` (§4: metrics, :func:`correlations` of scores with MOS, :func:`autoqa_cost`
+of a quality gate) and :mod:`grefine.train` (learning PQ-Map's prompts).
 """
 from grefine.config import GRefineConfig
+from grefine.eval.autoqa import autoqa_cost
+from grefine.eval.correlation import correlations
 from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt
 from grefine.maps.clip_surgery import vvv_surgery
 from grefine.maps.pq_map import PQMap, PQMapResult
@@ -31,7 +34,9 @@ __all__ = [
     "PQMapResult",
     "ParsedPrompt",
     "Phrase",
+    "autoqa_cost",
     "binarize",
+    "correlations",
     "parse_prompt",
     "stage1_strength",
     "vvv_surgery",
