@@ -10,6 +10,8 @@ INSTALL_REQUIRES = [
     "transformers>=4.40",
     "accelerate>=0.30",
     "nltk>=3.9",
+    # prompt weighting of Eq. 7's emphasis for SDXL's two text encoders.
+    "compel>=2.5",
     "pyiqa>=0.1.13",
     "numpy",
     "pillow",

@@ -1,8 +1,8 @@
 """grefine: G-Refine, a general quality refiner for text-to-image generation.
 
 Components (paper §3): :class:`PQMap` (Eq. 1-3), :func:`parse_prompt` and :class:`AQMap`
-(Eq. 4-8), :class:`InpaintStage1` and :class:`~grefine.refine.pasd.PASDStage2` (Eq. 9-10), chained by
-:class:`GRefinePipeline`.
+(Eq. 4-8; :func:`aq_map_from_aligner` takes any other aligner), :class:`InpaintStage1` and
+:class:`~grefine.refine.pasd.PASDStage2` (Eq. 9-10), chained by :class:`GRefinePipeline`.
 
 Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.refine` (§3.3),
 :mod:`grefine.eval` (§4: metrics, :func:`correlations` of scores with MOS, :func:`autoqa_cost`
@@ -11,7 +11,7 @@ of a quality gate) and :mod:`grefine.train` (learning PQ-Map's prompts).
 from grefine.config import GRefineConfig
 from grefine.eval.autoqa import autoqa_cost
 from grefine.eval.correlation import correlations
-from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt
+from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt, aq_map_from_aligner
 from grefine.maps.clip_surgery import vvv_surgery
 from grefine.maps.pq_map import PQMap, PQMapResult
 from grefine.maps.syntax_tree import ParsedPrompt, Phrase, parse_prompt
@@ -34,6 +34,7 @@ __all__ = [
     "PQMapResult",
     "ParsedPrompt",
     "Phrase",
+    "aq_map_from_aligner",
     "autoqa_cost",
     "binarize",
     "correlations",

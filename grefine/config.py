@@ -14,6 +14,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from grefine.maps.aq_map import (
+    DEFAULT_A_BOUND,
+    DEFAULT_BETA,
+    DEFAULT_MARGIN,
+    EMPHASIS_WEIGHT,
+)
 from grefine.maps.pq_map import DEFAULT_ALPHA
 
 
@@ -33,33 +39,41 @@ class PQMapConfig:
     attention: str = "vvv"
     alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA))
     input_size: Any = None
-    map_normalization: str = "score"
+    map_normalization: str = "none"
     tiny_random: bool = False
 
 
 @dataclass
 class AQMapConfig:
-    """AQ-Map (Eq. 4-8); ``options`` are passed to :class:`grefine.maps.aq_map.AQMap` (a_bound, beta, ...)."""
+    """AQ-Map (Eq. 4-8): Eq. 6's ``a_bound`` and ``margin``, Eq. 8's ``beta``, Eq. 7's
+    ``emphasis``; see :class:`grefine.maps.aq_map.AQMap`."""
 
     model_name: str = "ViT-B-16"
     pretrained: Optional[str] = "openai"
     num_blocks: int = 6
-    options: dict[str, Any] = field(default_factory=dict)
+    a_bound: float = DEFAULT_A_BOUND
+    beta: float = DEFAULT_BETA
+    margin: float = DEFAULT_MARGIN
+    emphasis: float = EMPHASIS_WEIGHT
     tiny_random: bool = False
 
 
 @dataclass
 class MaskConfig:
-    """Eq. 9's Bi(1 − P + A); see :func:`grefine.refine.mask.binarize`."""
+    """Eq. 9's Bi(1 − P + D) = ``(P < perceptual_bound) | (D > alignment_bound)``, dilated and
+    feathered; see :func:`grefine.refine.mask.binarize`."""
 
-    threshold: float = 0.75
+    perceptual_bound: float = 0.5
+    alignment_bound: float = 2.0 / 3.0
     dilation: float = 16.0
     feather: float = 4.0
 
 
 @dataclass
 class Stage1Config:
-    """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength]."""
+    """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength];
+    ``steps``: denoising steps run (None = n1 of Eq. 10); ``prompt_suffix``: text appended to
+    the (emphasised) prompt."""
 
     model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     variant: Optional[str] = "fp16"
@@ -67,20 +81,36 @@ class Stage1Config:
     guidance_scale: float = 7.5
     min_strength: float = 0.3
     max_strength: float = 0.9
+    steps: Optional[int] = None
+    prompt_suffix: str = ""
     tiny_random: bool = False
 
 
 @dataclass
 class Stage2Config:
-    """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ; ``options`` go to
+    """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ for ``steps``
+    denoising steps (None = n2 of Eq. 10); ``options`` go to
     :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`."""
 
     type: Optional[str] = "pasd"
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     pasd_model: str = "checkpoints/pasd"
     strength: float = 0.1
+    steps: Optional[int] = None
     options: dict[str, Any] = field(default_factory=dict)
     tiny_random: bool = False
+
+
+@dataclass
+class AblationConfig:
+    """The paper's Table 8 ablations. ``drop_pq_map``: P := 1 (no perceptual region) and p no
+    longer sets the strength; ``drop_aq_map``: D := 0 (no alignment region), no emphasis, and a
+    no longer sets the strength; ``drop_stage2``: stage 1 alone (its models are not loaded). A
+    dropped map is not computed (its CLIP still loads)."""
+
+    drop_pq_map: bool = False
+    drop_aq_map: bool = False
+    drop_stage2: bool = False
 
 
 @dataclass
@@ -97,14 +127,15 @@ class GRefineConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     metrics: list[str] = field(default_factory=list)
     source: str = "<defaults>"
 
     @property
     def steps(self) -> tuple[int, int]:
-        """(n1, n2) of Eq. 10."""
+        """(n1, n2) of Eq. 10: half of ``total_steps`` each, unless a stage sets its ``steps``."""
         first = self.total_steps // 2
-        return first, self.total_steps - first
+        return self.stage1.steps or first, self.stage2.steps or self.total_steps - first
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "GRefineConfig":
@@ -127,7 +158,46 @@ class GRefineConfig:
             raise ConfigError(f"config {source}: total_steps must be at least 2 (one per stage).")
         if not 0.0 <= config.stage2.strength <= 1.0:
             raise ConfigError(f"config {source}: stage2.strength (δ) must lie in [0, 1].")
+        _check_refinement(config, source)
         return config
+
+
+def _check_refinement(config: GRefineConfig, source: str) -> None:
+    """Range checks of the mask bounds, AQ-Map bounds, stage-1 strengths and per-stage steps."""
+
+    def unit(value) -> bool:
+        return 0.0 <= value <= 1.0
+
+    def optional_count(value) -> bool:
+        return value is None or (isinstance(value, int) and value >= 1)
+
+    mask, aq, stage1 = config.mask, config.aq_map, config.stage1
+    checks = [
+        ("mask.perceptual_bound", mask.perceptual_bound, unit, "lie in [0, 1]"),
+        ("mask.alignment_bound", mask.alignment_bound, unit, "lie in [0, 1]"),
+        ("mask.dilation", mask.dilation, lambda v: v >= 0, "be ≥ 0 (pixels)"),
+        ("mask.feather", mask.feather, lambda v: v >= 0, "be ≥ 0 (pixels)"),
+        ("aq_map.a_bound", aq.a_bound, unit, "lie in [0, 1]"),
+        ("aq_map.beta", aq.beta, lambda v: v > 0, "be > 0"),
+        ("aq_map.margin", aq.margin, lambda v: v >= 0, "be ≥ 0"),
+        ("aq_map.emphasis", aq.emphasis, lambda v: v >= 0, "be ≥ 0"),
+        (
+            "stage1.min_strength, stage1.max_strength",
+            (stage1.min_strength, stage1.max_strength),
+            lambda v: 0.0 < v[0] <= v[1] <= 1.0,
+            "satisfy 0 < min_strength ≤ max_strength ≤ 1",
+        ),
+        ("stage1.prompt_suffix", stage1.prompt_suffix, lambda v: isinstance(v, str), "be a string"),
+        ("stage1.steps", stage1.steps, optional_count, "be null or an integer ≥ 1"),
+        ("stage2.steps", config.stage2.steps, optional_count, "be null or an integer ≥ 1"),
+    ]
+    for key, value, valid, rule in checks:
+        try:
+            ok = bool(valid(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config {source}: {key} must {rule}, got {value!r}.")
 
 
 def _build(kind: type, data: dict[str, Any], source: str, section: str):

@@ -2,13 +2,16 @@
 
 Eq. 9-10 of the paper::
 
-    z1 = strength(p, a) · QKV(prompt, Bi(1 − P + A))      stage 1, n1 steps (SDXL inpainting)
+    z1 = strength(p, a) · QKV(prompt', Bi(1 − P + D))     stage 1, n1 steps (SDXL inpainting)
     z2 = δ · QKV(prompt, 1)                               stage 2, n2 steps (PASD, whole image)
     R  = D^{z2}_{n2} ··· D^{z2}_1 ( D^{z1}_{n1} ··· D^{z1}_1 (I) )
 
-with n1 = n2 = half of ``total_steps`` (20 in the paper). Both stages take the number of steps
-to *run*; each derives its schedule length from its strength (:func:`grefine.refine.stage1.inference_steps_for`).
-Models load once in :meth:`GRefinePipeline.from_pretrained` and are reused for every call.
+with P the PQ-Map, D the AQ-Map's defect map, prompt' the cleaned prompt with Eq. 7's emphasis
+(and the config's ``stage1.prompt_suffix``), prompt the cleaned prompt, and n1 = n2 = half of
+``total_steps`` (20 in the paper) unless a stage sets its ``steps``. Both stages take the number
+of steps to *run*; each derives its schedule length from its strength
+(:func:`grefine.refine.stage1.inference_steps_for`). The ``ablation`` config section switches a
+map or stage 2 off (Table 8). Models load once in :meth:`GRefinePipeline.from_pretrained`.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class GRefineOutput:
     """One refined image with everything that led to it.
 
     ``timings`` holds seconds per step: ``maps`` (PQ + AQ), ``mask``, ``stage1``, ``stage2``.
-    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0).
+    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0, ablation).
+    A map switched off by the ``ablation`` config is its neutral result (P = 1 / D = 0, score NaN).
     """
 
     image: Image.Image
@@ -144,24 +148,38 @@ class GRefinePipeline:
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
-        pq = self.pq_map(image)
-        aq = self.aq_map(image, prompt)
+        pq, aq = self._perceptual_map(image), self._alignment_map(image, prompt)
         timings["maps"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        mask = binarize(pq.map, aq.map, threshold=config.mask.threshold, dilation=config.mask.dilation, feather=config.mask.feather)
-        strength1 = stage1_strength(pq.score, aq.score, min_strength=config.stage1.min_strength, max_strength=config.stage1.max_strength)
+        mask = binarize(
+            pq.map,
+            aq.defect_map,
+            perceptual_bound=config.mask.perceptual_bound,
+            alignment_bound=config.mask.alignment_bound,
+            dilation=config.mask.dilation,
+            feather=config.mask.feather,
+        )
+        strength1 = stage1_strength(
+            None if config.ablation.drop_pq_map else pq.score,
+            None if config.ablation.drop_aq_map else aq.score,
+            min_strength=config.stage1.min_strength,
+            max_strength=config.stage1.max_strength,
+        )
         timings["mask"] = time.perf_counter() - start
 
+        stage1_prompt = aq.emphasized_prompt.with_suffix(config.stage1.prompt_suffix)
         stage1 = self.stage1(
-            image, aq.emphasized_prompt, mask, strength=strength1, num_steps=n1, guidance_scale=config.stage1.guidance_scale, seed=seed
+            image, stage1_prompt, mask, strength=strength1, num_steps=n1, guidance_scale=config.stage1.guidance_scale, seed=seed
         )
         timings["stage1"] = stage1.seconds
         notes = [] if stage1.ran else ["stage 1 skipped: empty mask"]
 
         refined, strength2, stage2_steps = stage1.image, config.stage2.strength, 0
         start = time.perf_counter()
-        if self.stage2 is None:
+        if config.ablation.drop_stage2:
+            notes.append("stage 2 dropped (ablation)")
+        elif self.stage2 is None:
             notes.append("stage 2 not configured: stage 1 only")
         elif strength2 <= 0:
             notes.append("stage 2 skipped: strength 0")
@@ -169,7 +187,7 @@ class GRefinePipeline:
             # PASD runs round(δ·N) of an N-step schedule (like img2img): pick N so that n2 run.
             schedule = max(n2, round(n2 / strength2))
             generator = torch.Generator("cpu").manual_seed(seed + 1)
-            refined = self.stage2(refined, prompt, strength=strength2, num_inference_steps=schedule, generator=generator)
+            refined = self.stage2(refined, aq.clean_prompt, strength=strength2, num_inference_steps=schedule, generator=generator)
             stage2_steps = round(strength2 * schedule)
         timings["stage2"] = time.perf_counter() - start
         return GRefineOutput(
@@ -184,6 +202,18 @@ class GRefinePipeline:
             timings=timings,
             note="; ".join(notes),
         )
+
+    def _perceptual_map(self, image: Image.Image) -> PQMapResult:
+        """PQ-Map (Eq. 1-3), or P = 1 when the ablation drops it."""
+        if self.config.ablation.drop_pq_map:
+            return PQMapResult.neutral((image.height, image.width))
+        return self.pq_map(image)
+
+    def _alignment_map(self, image: Image.Image, prompt: str) -> AQMapResult:
+        """AQ-Map (Eq. 4-8), or D = 0 and no emphasis when the ablation drops it."""
+        if self.config.ablation.drop_aq_map:
+            return AQMapResult.neutral(prompt, (image.height, image.width))
+        return self.aq_map(image, prompt)
 
 
 def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:
@@ -214,7 +244,15 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         map_normalization=pq_cfg.map_normalization,
     )
     aq_model, aq_tokenizer = clip(aq_cfg.model_name, aq_cfg.pretrained, aq_cfg.tiny_random, False)
-    aq_map = AQMap(aq_model, aq_tokenizer, num_blocks=aq_cfg.num_blocks, **aq_cfg.options)
+    aq_map = AQMap(
+        aq_model,
+        aq_tokenizer,
+        num_blocks=aq_cfg.num_blocks,
+        a_bound=aq_cfg.a_bound,
+        beta=aq_cfg.beta,
+        margin=aq_cfg.margin,
+        emphasis=aq_cfg.emphasis,
+    )
     return pq_map, aq_map
 
 
@@ -232,7 +270,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
 
 def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> Optional[Stage2]:
     cfg = config.stage2
-    if not cfg.type:
+    if not cfg.type or config.ablation.drop_stage2:
         return None
     if cfg.type != "pasd":
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")

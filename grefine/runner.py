@@ -193,7 +193,7 @@ def refine_one(
     stem = image_path.stem
     save_image_atomic(refined, output_dir / image_path.name)
     save_image_atomic(map_to_image(result.pq.map), maps_dir / f"{stem}_pq.png")
-    save_image_atomic(map_to_image(result.aq.map), maps_dir / f"{stem}_aq.png")
+    save_image_atomic(map_to_image(result.aq.defect_map), maps_dir / f"{stem}_aq_defect.png")
     save_image_atomic(map_to_image(result.mask.soft.astype("float32")), maps_dir / f"{stem}_mask.png")
     save_image_atomic(heatmap_overlay(original, result.pq.map), maps_dir / f"{stem}_pq_overlay.png")
     row: dict[str, object] = {"name": image_path.name, "prompt": prompt, **result.summary()}

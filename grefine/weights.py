@@ -100,36 +100,45 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     if not config.stage1.tiny_random:
         needed.append(WeightSource("SDXL inpainting (stage 1)", config.stage1.model, "stage1.model"))
     stage2 = config.stage2
-    if stage2.type and not stage2.tiny_random and stage2.strength > 0:
+    if stage2.type and not stage2.tiny_random and stage2.strength > 0 and not config.ablation.drop_stage2:
         needed.append(WeightSource("Stable Diffusion 1.5 base (stage 2)", stage2.base_model, "stage2.base_model"))
         needed.append(WeightSource("PASD unet + controlnet (stage 2)", stage2.pasd_model, "stage2.pasd_model"))
     return list({(w.source, w.files): w for w in needed}.values())
 
 
-def _tagger_missing() -> Optional[str]:
-    """None when NLTK's POS tagger loads (or downloads); else a line saying how to get it."""
+def _nltk_missing() -> list[str]:
+    """A line per NLTK data package AQ-Map needs (POS tagger, stop words) that neither loads nor
+    downloads, saying how to get it."""
     from grefine.maps.syntax_tree import (
         DOWNLOAD_COMMAND,
-        TaggerUnavailableError,
+        STOPWORDS_DOWNLOAD_COMMAND,
+        NLTKDataUnavailableError,
+        load_stopwords,
         load_tagger,
     )
 
-    try:
-        load_tagger()
-        return None
-    except TaggerUnavailableError:
-        return f"  - NLTK POS tagger (AQ-Map prompt parsing): run `{DOWNLOAD_COMMAND}` or set NLTK_DATA"
+    lines = []
+    for what, load, command in (
+        ("NLTK POS tagger (AQ-Map prompt parsing)", load_tagger, DOWNLOAD_COMMAND),
+        ("NLTK stop words (AQ-Map phrase scoring)", load_stopwords, STOPWORDS_DOWNLOAD_COMMAND),
+    ):
+        try:
+            load()
+        except NLTKDataUnavailableError:
+            lines.append(f"  - {what}: run `{command}` or set NLTK_DATA")
+    return lines
 
 
 def check_weights(config: GRefineConfig, online: Optional[bool] = None) -> None:
-    """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger,
-    which every configuration needs) when they cannot be had."""
+    """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger and
+    stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had."""
     needed = required_weights(config)
     local_missing = [w for w in needed if w.files and not is_available(w)]
     online = hub_reachable() if online is None else online
     missing = local_missing if online else [w for w in needed if not is_available(w)]
     lines = [f"  - {w.what}: '{w.source}' (config key {w.config_key})" for w in missing]
-    lines += [line for line in [_tagger_missing()] if line]
+    if not config.ablation.drop_aq_map:
+        lines += _nltk_missing()
     if lines:
         listing = "\n".join(lines)
         state = "" if online else " and the Hugging Face hub cannot be reached"

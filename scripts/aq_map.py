@@ -5,10 +5,11 @@
 
 ``--prompts`` is a CSV file with a header holding at least the columns ``name`` (the image file
 name inside ``--input``) and ``prompt`` — the AGIQA-3K layout. For every image the output folder
-gets ``<stem>/aq_map.png`` (A of Eq. 6, grayscale), ``<stem>/aq_overlay.png`` (A over the image),
-``<stem>/phrase_<j>.png`` (each phrase's A_phs over the image) and ``<stem>/phrases.json`` (per
-phrase: text, noun, ancestor, score, noun score, defect); ``scores.csv`` sums up every image
-(score a of Eq. 8, the whole-prompt score, the emphasised prompt of Eq. 7).
+gets ``<stem>/defect_map.png`` (the defect map D of Eq. 6, grayscale: white = to redraw, black
+everywhere when no phrase is defective), ``<stem>/defect_overlay.png`` (D over the image),
+``<stem>/phrase_<j>.png`` (each scored phrase's A_phs over the image) and ``<stem>/phrases.json``
+(per phrase: text, scored content, noun, ancestor, score, noun score, defect); ``scores.csv``
+sums up every image (score a of Eq. 8, the whole-prompt score, the emphasised prompt of Eq. 7).
 """
 from __future__ import annotations
 
@@ -48,11 +49,12 @@ def read_prompts(path: Path) -> list[tuple[str, str]]:
 
 
 def save_result(result: AQMapResult, image, folder: Path) -> None:
-    """Write the merged map, its overlay, the per-phrase overlays and the phrase table."""
-    save_image_atomic(map_to_image(result.map), folder / "aq_map.png")
-    save_image_atomic(heatmap_overlay(image, result.map), folder / "aq_overlay.png")
-    for j, phrase_map in enumerate(result.phrase_maps):
-        save_image_atomic(heatmap_overlay(image, phrase_map), folder / f"phrase_{j:02d}.png")
+    """Write the defect map, its overlay, the per-phrase overlays and the phrase table."""
+    save_image_atomic(map_to_image(result.defect_map), folder / "defect_map.png")
+    save_image_atomic(heatmap_overlay(image, result.defect_map), folder / "defect_overlay.png")
+    for j, (phrase, phrase_map) in enumerate(zip(result.phrases, result.phrase_maps, strict=True)):
+        if phrase.score is not None:
+            save_image_atomic(heatmap_overlay(image, phrase_map), folder / f"phrase_{j:02d}.png")
     table = [asdict(phrase) for phrase in result.phrases]
     write_text_atomic(json.dumps(table, indent=2, ensure_ascii=False), folder / "phrases.json")
 
@@ -91,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-blocks", type=int, default=6, help="VVV surgery blocks (Eq. 1)")
     parser.add_argument("--a-bound", type=float, default=None, help="noun-unmatched bound of Eq. 6")
     parser.add_argument("--beta", type=float, default=None, help="cask-effect bound β of Eq. 8")
-    parser.add_argument("--nltk-data", type=Path, default=None, help="folder holding NLTK's tagger data")
+    parser.add_argument("--margin", type=float, default=None, help="adjective-unmatched margin of Eq. 6")
+    parser.add_argument("--nltk-data", type=Path, default=None, help="folder holding NLTK's tagger and stop words")
     args = parser.parse_args(argv)
     if args.nltk_data is not None:
         add_nltk_data_dir(args.nltk_data)
-    bounds = {key: value for key, value in (("a_bound", args.a_bound), ("beta", args.beta)) if value is not None}
+    options = (("a_bound", args.a_bound), ("beta", args.beta), ("margin", args.margin))
+    bounds = {key: value for key, value in options if value is not None}
     aq_map = AQMap.from_pretrained(args.model, args.pretrained, device=args.device, num_blocks=args.num_blocks, **bounds)
     return 1 if run(aq_map, args.input, args.prompts, args.output) else 0
 

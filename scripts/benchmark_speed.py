@@ -5,7 +5,7 @@
 
 Full-size architectures (CLIP ViT-B/16 for both maps, SDXL-inpainting, SD1.5 + PASD) with
 random weights in fp16 (:mod:`grefine.eval.speed`); speed and memory do not depend on weight
-values. The mask threshold is lowered (``--mask-threshold``) so that stage 1 always runs.
+values. The mask's perceptual bound is raised (``--perceptual-bound``) so that stage 1 always runs.
 Besides the pipeline's own timings, forward hooks (with CUDA synchronisation) time every UNet,
 ControlNet and VAE pass: the rest — maps, parsing, mask, text encoders, pre/post-processing,
 I/O — is the overhead, whose goal is at most 10% of the total. ``--tiny`` runs tiny random
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides")
     parser.add_argument("--images", type=int, default=3, help="timed images per size (after one warm-up)")
     parser.add_argument("--total-steps", type=int, default=20, help="n1 + n2 (paper: 20)")
-    parser.add_argument("--mask-threshold", type=float, default=0.2, help="low, so that stage 1 runs on random maps")
+    parser.add_argument("--perceptual-bound", type=float, default=0.9, help="high, so that stage 1 runs on random maps")
     parser.add_argument("--tiny", action="store_true", help="tiny components on CPU (smoke test)")
     return parser.parse_args(argv)
 
@@ -48,7 +48,7 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
         {
             "device": str(device),
             "total_steps": args.total_steps,
-            "mask": {"threshold": args.mask_threshold},
+            "mask": {"perceptual_bound": args.perceptual_bound},
             "stage1": {"resolution": None},
             "stage2": {"strength": 0.1},
         },
@@ -56,7 +56,7 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     )
     if args.tiny:
         tiny = GRefineConfig.from_yaml(REPO / "configs" / "tiny-random.yaml")
-        tiny.total_steps, tiny.mask.threshold = args.total_steps, args.mask_threshold
+        tiny.total_steps, tiny.mask.perceptual_bound = args.total_steps, args.perceptual_bound
         return GRefinePipeline.from_pretrained(tiny)
     import open_clip
 

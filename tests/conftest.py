@@ -6,6 +6,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# On a shared 2-core machine, OpenMP threads that spin while waiting make tiny models ~30x slower
+# whenever another process holds a core; passive waiting keeps the suite's time steady.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SHARED_NLTK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "nltk_data")
 os.environ.setdefault("NLTK_DATA", os.path.normpath(_SHARED_NLTK))  # the tagger, read from ../shared
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
+from grefine import aq_map_from_aligner
 from grefine.errors import MissingWeightsError
 from grefine.maps.aq_map import (
     Alignment,
     AQMap,
+    AQMapResult,
     EmphasizedPrompt,
-    aq_map_from_aligner,
     cask_score,
     classify_defects,
-    merge_alignment_map,
+    merge_defect_map,
     minmax_per_text,
+    target_maps,
 )
 from grefine.maps.syntax_tree import add_nltk_data_dir, parse_prompt
 from grefine.testing import build_tiny_open_clip
@@ -52,53 +55,105 @@ class PlantedAligner:
 
 
 IMAGE = Image.new("RGB", (SIZE[1], SIZE[0]))
+CUBE = "a red cube on a blue table"
 
 
-def test_planted_scores_give_expected_defects_map_prompt_and_score():
-    prompt = "a red cube on a blue table"
-    aligner = PlantedAligner(
-        {prompt: 0.8, "a red cube": 0.4, "cube": 0.7, "on a blue table": 0.6, "table": 0.3}
-    )
-    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, a_bound=0.5, beta=0.5)
-    assert [(p.text, p.ancestor, p.defect) for p in result.phrases] == [
-        ("a red cube", 0, "adjective_unmatched"),  # 0.4 < 0.7: drawn on its own noun's region
-        ("on a blue table", 0, "noun_unmatched"),  # 0.3 < a_bound: drawn on its ancestor's (cube)
+def cube_aligner(**scores: float) -> PlantedAligner:
+    """The texts of CUBE, all well aligned unless overridden (keys: prompt, red_cube, cube, blue_table, table)."""
+    values = {"prompt": 0.8, "red_cube": 0.7, "cube": 0.7, "blue_table": 0.7, "table": 0.7, **scores}
+    texts = {"prompt": CUBE, "red_cube": "red cube", "cube": "cube", "blue_table": "blue table", "table": "table"}
+    return PlantedAligner({texts[key]: value for key, value in values.items()})
+
+
+def test_phrases_are_scored_without_stop_words_in_one_request():
+    aligner = cube_aligner()
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
+    # one request, each distinct text once: the cleaned prompt, the phrase contents, the nouns
+    assert aligner.calls == [[CUBE, "red cube", "blue table", "cube", "table"]]
+    assert [(p.text, p.content, p.noun) for p in result.phrases] == [
+        ("a red cube", "red cube", "cube"),
+        ("on a blue table", "blue table", "table"),
     ]
-    cube = aligner.maps["cube"]
-    np.testing.assert_allclose(result.map, cube * cube, rtol=1e-6)
-    assert result.map.dtype == np.float32
-    assert result.prompt_score == pytest.approx(0.8)
-    assert result.score == pytest.approx(0.8 * (0.4 / 0.5) * 1.0)
-    assert result.emphasized_prompt == EmphasizedPrompt(prompt, ("a red cube", "on a blue table"), 0.1)
-    assert [p.score for p in result.phrases] == pytest.approx([0.4, 0.6])
-    assert [p.noun_score for p in result.phrases] == pytest.approx([0.7, 0.3])
-    np.testing.assert_array_equal(result.phrase_maps[1], aligner.maps["on a blue table"])
-    # one request, holding each distinct text once: the prompt, the phrases, the nouns
-    assert aligner.calls == [[prompt, "a red cube", "on a blue table", "cube", "table"]]
 
 
-def test_noun_unmatched_uses_the_ancestor_region_not_its_own():
-    prompt = "photo of a scarecrow holding a gift"
-    scores = {prompt: 0.9, "photo": 0.9, "of a scarecrow": 0.9, "scarecrow": 0.9, "holding a gift": 0.9, "gift": 0.1}
-    aligner = PlantedAligner(scores)
-    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, a_bound=0.5, beta=0.5)
-    assert [p.defect for p in result.phrases] == ["none", "none", "noun_unmatched"]
-    assert result.phrases[2].ancestor == 1
-    np.testing.assert_allclose(result.map, aligner.maps["scarecrow"], rtol=1e-6)
-    assert result.emphasized_prompt.phrases == ("holding a gift",)
-    assert str(result.emphasized_prompt) == f"{prompt}, (holding a gift:1.1)"
-    assert result.score == pytest.approx(0.9)  # every a_phs ≥ β: no penalty
-
-
-def test_all_matched_leaves_map_at_one_and_prompt_unchanged():
-    prompt = "a cat wearing a hat"
-    aligner = PlantedAligner({prompt: 0.7, "a cat": 0.8, "cat": 0.6, "wearing a hat": 0.9, "hat": 0.9})
-    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, a_bound=0.5, beta=0.5)
+def test_nothing_defective_gives_a_zero_defect_map_and_the_plain_prompt():
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, cube_aligner(red_cube=0.68))  # within the margin
     assert [p.defect for p in result.phrases] == ["none", "none"]
-    np.testing.assert_array_equal(result.map, np.ones(SIZE, np.float32))
-    assert result.emphasized_prompt == EmphasizedPrompt(prompt)
-    assert str(result.emphasized_prompt) == prompt
-    assert result.score == pytest.approx(0.7)
+    assert result.defect_map.dtype == np.float32 and not result.defect_map.any()
+    np.testing.assert_array_equal(result.alignment_map, np.ones(SIZE, np.float32))
+    assert result.emphasized_prompt == EmphasizedPrompt(CUBE) and str(result.emphasized_prompt) == CUBE
+    assert result.score == pytest.approx(0.8) and result.prompt_score == pytest.approx(0.8)
+
+
+def test_noun_unmatched_is_drawn_on_its_ancestors_noun_map():
+    aligner = cube_aligner(table=0.3)
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
+    assert [(p.ancestor, p.defect) for p in result.phrases] == [(0, "none"), (0, "noun_unmatched")]
+    np.testing.assert_array_equal(result.defect_map, aligner.maps["cube"])  # where the table belongs
+    assert str(result.emphasized_prompt) == "a red cube on a (blue table:1.1)"
+    assert result.emphasized_prompt.phrases == ("blue table",)
+
+
+def test_noun_unmatched_own_ancestor_is_drawn_on_the_whole_prompt_map():
+    aligner = cube_aligner(cube=0.2)
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
+    assert [p.defect for p in result.phrases] == ["noun_unmatched", "none"]
+    np.testing.assert_array_equal(result.defect_map, aligner.maps[CUBE])  # not its absent noun's map
+    np.testing.assert_array_equal(result.prompt_map, aligner.maps[CUBE])
+
+
+def test_adjective_unmatched_needs_the_margin_and_is_drawn_on_its_own_noun_map():
+    aligner = cube_aligner(red_cube=0.6)  # 0.1 below its noun: beyond the 0.05 margin
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
+    assert [p.defect for p in result.phrases] == ["adjective_unmatched", "none"]
+    np.testing.assert_array_equal(result.defect_map, aligner.maps["cube"])
+    strict = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, cube_aligner(red_cube=0.68), margin=0.0)
+    assert [p.defect for p in strict.phrases] == ["adjective_unmatched", "none"]  # the notebook's rule
+    assert [p.defect for p in aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner, margin=0.2).phrases] == ["none", "none"]
+
+
+def test_two_defects_take_the_pixelwise_maximum():
+    aligner = cube_aligner(cube=0.2, blue_table=0.5)  # own-ancestor noun + adjective of the table
+    result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
+    assert [p.defect for p in result.phrases] == ["noun_unmatched", "adjective_unmatched"]
+    np.testing.assert_array_equal(result.defect_map, np.maximum(aligner.maps[CUBE], aligner.maps["table"]))
+    assert str(result.emphasized_prompt) == "a (red cube:1.1) on a (blue table:1.1)"
+    assert result.score == pytest.approx(0.8 * 1.0 * 1.0)  # every phrase score ≥ β
+
+
+def test_emphasis_spans_are_the_content_words_in_the_prompt():
+    prompt = "photo of a scarecrow holding a gift"
+    aligner = PlantedAligner(
+        {prompt: 0.9, "photo": 0.9, "scarecrow": 0.9, "holding gift": 0.9, "gift": 0.1}
+    )
+    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, emphasis=0.2)
+    assert [p.defect for p in result.phrases] == ["none", "none", "noun_unmatched"]
+    np.testing.assert_array_equal(result.defect_map, aligner.maps["scarecrow"])  # its ancestor's noun
+    emphasized = result.emphasized_prompt
+    assert [emphasized.text[a:b] for a, b in emphasized.spans] == ["holding", "gift"]  # "a" between them stays 1
+    assert emphasized.fragments() == [("photo of a scarecrow ", 1.0), ("holding", 1.2), (" a ", 1.0), ("gift", 1.2)]
+    assert str(emphasized.with_suffix(", 4k")) == "photo of a scarecrow (holding:1.2) a (gift:1.2), 4k"
+    no_emphasis = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, emphasis=0.0).emphasized_prompt
+    assert no_emphasis.spans == () and str(no_emphasis) == prompt
+
+
+def test_weighting_syntax_is_cleaned_before_scoring_and_emphasis():
+    prompt = "a (red cube:1.3) on a [blue] table"
+    aligner = cube_aligner(table=0.3)
+    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner)
+    assert aligner.calls[0][0] == CUBE and result.clean_prompt == CUBE
+    assert str(result.emphasized_prompt) == "a red cube on a (blue table:1.1)"
+
+
+def test_a_stop_word_phrase_is_not_scored_and_never_defective():
+    prompt = "it is what it is"
+    aligner = PlantedAligner({prompt: 0.2})
+    result = aq_map_from_aligner(parse_prompt(prompt), IMAGE, aligner, a_bound=0.9)
+    (phrase,) = result.phrases
+    assert phrase.content == "" and phrase.score is None and phrase.defect == "none"
+    assert aligner.calls == [[prompt]] and not result.defect_map.any()
+    assert result.score == pytest.approx(0.2)  # the cask ignores unscored phrases
+    assert not result.phrase_maps.any()
 
 
 def test_prompt_without_noun_is_its_own_noun():
@@ -108,24 +163,38 @@ def test_prompt_without_noun_is_its_own_noun():
     (phrase,) = result.phrases
     assert phrase.noun is None and phrase.noun_score == phrase.score == pytest.approx(0.2)
     assert phrase.defect == "noun_unmatched"
-    np.testing.assert_allclose(result.map, aligner.maps["highly detailed 4k"], rtol=1e-6)
+    np.testing.assert_array_equal(result.defect_map, aligner.maps[prompt])  # its own ancestor
     assert result.score == pytest.approx(0.6 * 0.2 / 0.4)
 
 
 def test_eq6_eq8_building_blocks():
-    assert classify_defects([0.4, 0.6, 0.5, 0.9], [0.7, 0.3, 0.5, 0.5], a_bound=0.5) == [
+    assert classify_defects([0.4, 0.6, 0.5, 0.9, None, 0.5], [0.7, 0.3, 0.5, 0.5, None, 0.54], a_bound=0.5, margin=0.05) == [
         "adjective_unmatched",
         "noun_unmatched",
         "none",  # equal scores are not a defect, nor is a noun exactly at the bound
         "none",
+        "none",  # not scored
+        "none",  # within the margin
     ]
-    maps = np.stack([np.full((2, 2), 0.5, np.float32), np.full((2, 2), 0.25, np.float32)])
-    assert merge_alignment_map(maps, [0, 0], ["noun_unmatched", "noun_unmatched"]) == pytest.approx(0.25)
-    assert merge_alignment_map(maps, [0, 0], ["none", "adjective_unmatched"]) == pytest.approx(0.25)
-    assert merge_alignment_map(maps, [0, 0], ["none", "noun_unmatched"]) == pytest.approx(0.5)
+    prompt_map = np.full((2, 2), 0.9, np.float32)
+    nouns = np.stack([np.full((2, 2), 0.5, np.float32), np.full((2, 2), 0.25, np.float32)])
+    both_noun = target_maps(prompt_map, nouns, [0, 0], [True, True], ["noun_unmatched", "noun_unmatched"])
+    assert [t[0, 0] for t in both_noun] == [pytest.approx(0.9), pytest.approx(0.5)]  # own ancestor → prompt
+    unscored_ancestor = target_maps(prompt_map, nouns, [1, 1], [True, False], ["noun_unmatched", "none"])
+    assert unscored_ancestor[0][0, 0] == pytest.approx(0.9)
+    assert target_maps(prompt_map, nouns, [0, 0], [True, True], ["none", "adjective_unmatched"])[0][0, 0] == pytest.approx(0.25)
+    assert not merge_defect_map([], (2, 2)).any()
+    assert merge_defect_map([nouns[1], nouns[0]], (2, 2)) == pytest.approx(0.5)
     assert cask_score(0.8, [0.25, 1.0, 0.5], beta=0.5) == pytest.approx(0.8 * 0.5)
     rows = minmax_per_text(torch.tensor([[1.0, 3.0, 2.0], [4.0, 4.0, 4.0]]))
     assert rows.tolist() == [[0.0, 1.0, 0.5], [1.0, 1.0, 1.0]]
+
+
+def test_neutral_result_has_no_defect_and_no_score():
+    result = AQMapResult.neutral("a (red cube:1.2)", (3, 5))
+    assert result.defect_map.shape == (3, 5) and not result.defect_map.any()
+    assert math.isnan(result.score) and result.phrases == () and result.parse is None
+    assert result.clean_prompt == "a red cube" and result.emphasized_prompt.spans == ()
 
 
 # --------------------------------------------------------------------------- tiny CLIP end to end
@@ -141,28 +210,29 @@ def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def test_tiny_clip_map_has_image_size_and_all_matched_gives_one(tiny):
+def test_tiny_clip_map_has_image_size_and_all_matched_gives_zero(tiny):
     model, tokenizer = tiny
     image = random_image(30, 44)
     # Every phrase is its bare noun (a_phs = a_pns) and a_bound = 0: nothing can be unmatched.
     result = AQMap(model, tokenizer, num_blocks=2, a_bound=0.0)(image, "cat, dog")
     assert [p.text for p in result.phrases] == ["cat", "dog"]
     assert [p.defect for p in result.phrases] == ["none", "none"]
-    assert result.map.shape == (30, 44) and result.map.dtype == np.float32
-    np.testing.assert_array_equal(result.map, np.ones((30, 44), np.float32))
+    assert result.defect_map.shape == (30, 44) and result.defect_map.dtype == np.float32
+    assert not result.defect_map.any()
     assert result.phrase_maps.shape == (2, 30, 44)
     assert 0.0 < result.score < 1.0 and result.score <= result.prompt_score + 1e-7
 
 
-def test_tiny_clip_unmatched_nouns_darken_the_map(tiny):
+def test_tiny_clip_unmatched_nouns_add_their_regions(tiny):
     model, tokenizer = tiny
     image = random_image(24, 40, seed=1)
-    result = AQMap(model, tokenizer, num_blocks=2, a_bound=1.0)(image, "a red cube on a blue table")
+    result = AQMap(model, tokenizer, num_blocks=2, a_bound=1.0)(image, CUBE)
     assert [p.defect for p in result.phrases] == ["noun_unmatched", "noun_unmatched"]
-    assert result.map.shape == (24, 40)
-    assert result.map.min() >= 0.0 and result.map.max() <= 1.0 and result.map.min() < 1.0
-    np.testing.assert_allclose(result.map, result.noun_maps[0] ** 2, rtol=1e-5)  # both on the cube
-    assert result.emphasized_prompt.phrases == ("a red cube", "on a blue table")
+    assert result.defect_map.shape == (24, 40)
+    assert result.defect_map.min() >= 0.0 and result.defect_map.max() == pytest.approx(1.0)
+    # the cube is its own ancestor (→ the whole-prompt map), the table belongs on the cube's noun map
+    np.testing.assert_allclose(result.defect_map, np.maximum(result.prompt_map, result.noun_maps[0]), rtol=1e-6)
+    assert result.emphasized_prompt.phrases == ("red cube", "blue table")
 
 
 def test_tiny_clip_texts_go_through_the_text_tower_once(tiny, monkeypatch):
@@ -172,8 +242,8 @@ def test_tiny_clip_texts_go_through_the_text_tower_once(tiny, monkeypatch):
     original = model.encode_text
     monkeypatch.setattr(model, "encode_text", lambda tokens, **kw: batches.append(len(tokens)) or original(tokens, **kw))
     result = aq_map(random_image(20, 20), "a cat wearing a hat and a dog playing")
-    # "" + prompt + 3 phrases + 3 nouns, in one batch
-    assert batches == [8]
+    # "" + prompt + 3 phrase contents ("cat", "wearing hat", "dog playing") + 2 more nouns ("hat", "playing")
+    assert batches == [7]
     assert len(result.phrases) == 3
 
 
@@ -229,10 +299,10 @@ def test_script_writes_overlays_and_scores(tiny, tmp_path):
     failures = script.run(AQMap(model, tokenizer, num_blocks=2), images, prompts, tmp_path / "out")
     assert failures == 1
     folder = tmp_path / "out" / "one"
-    assert Image.open(folder / "aq_map.png").size == (28, 20)
+    assert Image.open(folder / "defect_map.png").size == (28, 20)
     assert sorted(p.name for p in folder.glob("phrase_*.png")) == ["phrase_00.png", "phrase_01.png"]
     table = json.loads((folder / "phrases.json").read_text(encoding="utf-8"))
-    assert [row["text"] for row in table] == ["a cat", "on a mat"]
+    assert [(row["text"], row["content"]) for row in table] == [("a cat", "cat"), ("on a mat", "mat")]
     with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == ["one.png"] and 0.0 < float(rows[0]["score"]) < 1.0

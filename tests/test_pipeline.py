@@ -1,19 +1,27 @@
-"""GRefinePipeline end to end with configs/tiny-random.yaml, configs and the weights pre-flight."""
+"""GRefinePipeline end to end with configs/tiny-random.yaml, the two presets on tiny models, the
+refinement decisions with planted maps, the ablation switches, configs and the weights pre-flight."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from grefine import GRefinePipeline
+from grefine import GRefinePipeline, aq_map_from_aligner
 from grefine.config import ConfigError, GRefineConfig
+from grefine.maps.aq_map import Alignment
+from grefine.maps.pq_map import PQMapResult
+from grefine.maps.syntax_tree import parse_prompt
 from grefine.weights import WeightsUnavailableError, check_weights, required_weights
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny-random.yaml"
 DEFAULT = REPO / "configs" / "default.yaml"
+NOTEBOOK = REPO / "configs" / "authors-notebook.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,7 @@ def test_tiny_pipeline_refines_and_reports(pipe):
     image = _image()
     out = pipe(image, "a red cube on a blue table", seed=3)
     assert out.image.size == image.size
-    assert out.pq.map.shape == out.aq.map.shape == out.mask.binary.shape == (48, 72)
+    assert out.pq.map.shape == out.aq.defect_map.shape == out.mask.binary.shape == (48, 72)
     n1, n2 = pipe.config.steps
     assert out.stage1.ran and out.stage1.steps_run == n1
     assert out.stage2_steps == n2 and out.strength2 == pipe.config.stage2.strength
@@ -50,7 +58,8 @@ def test_seed_reproduces(pipe):
 
 
 def test_empty_mask_skips_stage_one_and_delta_zero_skips_stage_two(pipe, monkeypatch):
-    monkeypatch.setattr(pipe.config.mask, "threshold", 1.0)  # (1 - P + A)/2 never exceeds 1
+    monkeypatch.setattr(pipe.config.mask, "perceptual_bound", 0.0)  # P < 0 nowhere
+    monkeypatch.setattr(pipe.config.mask, "alignment_bound", 1.0)  # D > 1 nowhere
     monkeypatch.setattr(pipe.config.stage2, "strength", 0.0)
     calls = []
     hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in (pipe.stage1.pipe.unet, pipe.stage2.unet)]
@@ -82,6 +91,29 @@ def test_config_errors_name_the_key_and_file(tmp_path):
     bad.write_text("total_steps: 1\n")
     with pytest.raises(ConfigError, match="total_steps"):
         GRefineConfig.from_yaml(bad)
+    bad.write_text("mask:\n  threshold: 0.75\n")  # the old key is gone, not silently ignored
+    with pytest.raises(ConfigError, match="'threshold'.*perceptual_bound"):
+        GRefineConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("mask", "perceptual_bound", 1.5),
+        ("mask", "alignment_bound", -0.1),
+        ("mask", "dilation", -2),
+        ("aq_map", "margin", -0.01),
+        ("aq_map", "emphasis", -1),
+        ("aq_map", "beta", 0),
+        ("stage1", "min_strength", 0.95),
+        ("stage1", "steps", 0),
+        ("stage2", "steps", 2.5),
+        ("stage1", "prompt_suffix", 3),
+    ],
+)
+def test_out_of_range_values_are_refused_at_load(section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}.*must"):
+        GRefineConfig.from_dict({section: {key: value}})
 
 
 def test_default_config_holds_the_paper_settings():
@@ -90,6 +122,23 @@ def test_default_config_holds_the_paper_settings():
     assert config.stage1.model == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     assert config.stage2.type == "pasd" and 0 < config.stage2.strength <= 0.2
     assert config.pq_map.model_name == "ViT-B-16" and config.pq_map.pretrained == "openai"
+    assert config.pq_map.map_normalization == "none"  # P = BIC(L_per), no forced minimum
+    assert (config.mask.perceptual_bound, config.mask.alignment_bound) == (0.5, pytest.approx(2 / 3, abs=1e-5))
+    assert (config.aq_map.a_bound, config.aq_map.margin, config.aq_map.emphasis) == (0.5, 0.05, 0.1)
+    assert config.stage1.min_strength < config.stage1.max_strength and config.stage1.prompt_suffix == ""
+    assert config.ablation == type(config.ablation)()  # nothing dropped
+
+
+def test_notebook_config_holds_the_released_settings():
+    config = GRefineConfig.from_yaml(NOTEBOOK)
+    assert config.pq_map.map_normalization == "minmax"
+    assert config.mask.perceptual_bound == pytest.approx(100 / 255, abs=1e-6)
+    assert config.mask.alignment_bound == pytest.approx(171 / 255, abs=1e-6)  # 255·D > 170 on 8-bit maps
+    assert (config.mask.dilation, config.mask.feather) == (0, 0)
+    assert config.stage1.min_strength == config.stage1.max_strength == 0.9
+    assert config.steps == (36, 20) and config.stage1.prompt_suffix == ", high quality, hyper detail"
+    assert (config.stage2.type, config.stage2.strength, config.stage2.options) == ("pasd", 1.0, {})
+    assert (config.aq_map.margin, config.aq_map.emphasis) == (0.0, 0.0)
 
 
 def test_missing_weights_are_listed_together_and_at_once(tmp_path, monkeypatch):
@@ -122,14 +171,192 @@ def test_every_component_loading_error_is_a_missing_weights_error():
     assert issubclass(PASDWeightsNotFoundError, FileNotFoundError)
 
 
-def test_a_missing_tagger_is_reported_by_the_preflight(monkeypatch):
+@pytest.mark.parametrize(
+    "loader, error, listed",
+    [
+        ("load_tagger", "TaggerUnavailableError", "NLTK POS tagger.*nltk.downloader averaged_perceptron_tagger_eng"),
+        ("load_stopwords", "StopwordsUnavailableError", "NLTK stop words.*nltk.downloader stopwords"),
+    ],
+)
+def test_missing_nltk_data_is_reported_by_the_preflight(monkeypatch, loader, error, listed):
     import grefine.maps.syntax_tree as syntax_tree
 
     def unavailable():
-        raise syntax_tree.TaggerUnavailableError("no tagger")
+        raise getattr(syntax_tree, error)("missing")
 
-    monkeypatch.setattr(syntax_tree, "load_tagger", unavailable)
-    with pytest.raises(WeightsUnavailableError, match="NLTK POS tagger.*nltk.downloader averaged_perceptron_tagger_eng"):
+    monkeypatch.setattr(syntax_tree, loader, unavailable)
+    with pytest.raises(WeightsUnavailableError, match=listed):
         check_weights(GRefineConfig.from_yaml(TINY), online=True)
+    no_aq = GRefineConfig.from_yaml(TINY)
+    no_aq.ablation.drop_aq_map = True
+    check_weights(no_aq, online=True)  # without AQ-Map, no NLTK data is needed
     monkeypatch.undo()
-    check_weights(GRefineConfig.from_yaml(TINY), online=False)  # tiny + tagger present: nothing missing
+    check_weights(GRefineConfig.from_yaml(TINY), online=False)  # tiny + NLTK data present: nothing missing
+
+
+def test_dropping_stage_two_needs_no_stage_two_weights():
+    config = GRefineConfig.from_yaml(DEFAULT)
+    config.ablation.drop_stage2 = True
+    keys = {w.config_key for w in required_weights(config)}
+    assert "stage1.model" in keys and not keys & {"stage2.base_model", "stage2.pasd_model"}
+
+
+# --------------------------------------------------------------------------- the presets, tiny
+
+
+def tiny_overlay(path, shared_dir) -> GRefineConfig:
+    """A preset with every model section switched to its tiny random model (and the real PQ-Map
+    embeddings from ../shared), so that it runs on a CPU in seconds; nothing else changes."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["pq_map"].update(tiny_random=True, num_blocks=2, embeddings=str(shared_dir / "pq_embeddings"))
+    data["aq_map"].update(tiny_random=True, num_blocks=2)
+    data["stage1"].update(tiny_random=True, resolution=None)
+    data["stage2"].update(tiny_random=True)
+    return GRefineConfig.from_dict(data, source=f"{path.name} (tiny overlay)")
+
+
+class Recorder:
+    """Wraps a stage: records the prompt of every call, then runs the stage."""
+
+    def __init__(self, stage):
+        self.stage, self.prompts = stage, []
+
+    def __call__(self, image, prompt, *args, **kwargs):
+        self.prompts.append(prompt)
+        return self.stage(image, prompt, *args, **kwargs)
+
+
+def test_paper_preset_runs_end_to_end_on_tiny_models(shared_dir):
+    pipe = GRefinePipeline.from_pretrained(tiny_overlay(DEFAULT, shared_dir))
+    pipe.stage2 = stage2 = Recorder(pipe.stage2)
+    out = pipe(_image(seed=5), "a (red cube:1.2) on a blue table", seed=1)
+    assert 0.3 <= out.strength1 <= 0.9
+    assert out.stage1.ran == (not out.mask.is_empty)
+    assert out.stage1.steps_run == (10 if out.stage1.ran else 0) and out.stage2_steps == 10
+    assert stage2.prompts == ["a red cube on a blue table"]  # cleaned, without emphasis
+
+
+def test_notebook_preset_runs_end_to_end_on_tiny_models(shared_dir):
+    pipe = GRefinePipeline.from_pretrained(tiny_overlay(NOTEBOOK, shared_dir))
+    pipe.stage1, pipe.stage2 = stage1, stage2 = Recorder(pipe.stage1), Recorder(pipe.stage2)
+    out = pipe(_image(seed=6), "a red cube on a blue table", seed=1)
+    assert out.pq.map.min() == pytest.approx(0.0, abs=1e-6)  # min-max P: its worst pixel is refined
+    assert out.stage1.ran and out.stage1.steps_run == 36 and out.strength1 == pytest.approx(0.9)
+    assert out.stage2_steps == 20 and out.strength2 == 1.0
+    assert str(stage1.prompts[0]) == "a red cube on a blue table, high quality, hyper detail"
+    assert stage2.prompts == ["a red cube on a blue table"]
+
+
+
+# --------------------------------------------------------------------------- decisions, planted maps
+
+H, W = 48, 72
+PROMPT = "a red cube on a blue table"
+
+
+class PlantedPQ:
+    """PQ-Map stand-in: P = 0.9 (good) except, with ``bad=True``, a low-quality top-left block."""
+
+    def __init__(self, bad: bool = False):
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        P = np.full((H, W), 0.9, np.float32)
+        if self.bad:
+            P[:12, :12] = 0.1
+        return PQMapResult(map=P, score=0.5)
+
+
+class PlantedAQ:
+    """AQ-Map stand-in through ``aq_map_from_aligner``: the cube's map is a block at the bottom
+    right; with ``missing_table=True`` the table's noun scores 0.3 (drawn on the cube)."""
+
+    def __init__(self, missing_table: bool = False):
+        self.missing_table, self.calls = missing_table, 0
+
+    def __call__(self, image, prompt):
+        self.calls += 1
+        cube = np.zeros((H, W), np.float32)
+        cube[30:, 50:] = 1.0
+        scores = {PROMPT: 0.4, "red cube": 0.8, "cube": 0.8, "blue table": 0.8, "table": 0.3 if self.missing_table else 0.8}
+
+        def aligner(image, texts):
+            maps = [cube if text == "cube" else np.full((H, W), 0.5, np.float32) for text in texts]
+            return Alignment(np.array([scores[t] for t in texts]), np.stack(maps))
+
+        return aq_map_from_aligner(parse_prompt(prompt), image, aligner)
+
+
+def planted(pipe, *, bad=False, missing_table=False, **ablation) -> tuple[GRefinePipeline, Recorder, Recorder]:
+    config = dataclasses.replace(
+        pipe.config,
+        mask=dataclasses.replace(pipe.config.mask, perceptual_bound=0.5, alignment_bound=0.6, dilation=0, feather=0),
+        stage1=dataclasses.replace(pipe.config.stage1, prompt_suffix=", sharp"),
+        ablation=dataclasses.replace(pipe.config.ablation, **ablation),
+    )
+    stage1, stage2 = Recorder(pipe.stage1), Recorder(pipe.stage2)
+    return GRefinePipeline(PlantedPQ(bad), PlantedAQ(missing_table), stage1, stage2, config), stage1, stage2
+
+
+def test_a_good_image_with_nothing_missing_is_left_alone_by_stage_one(pipe):
+    refiner, _, _ = planted(pipe)
+    calls = []
+    hook = pipe.stage1.pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = refiner(_image(), PROMPT, seed=0)
+    finally:
+        hook.remove()
+    assert out.mask.is_empty and not out.stage1.ran and calls == []
+    assert not out.aq.defect_map.any() and "stage 1 skipped" in out.note
+
+
+def test_a_missing_object_adds_its_region_and_its_emphasis(pipe):
+    refiner, stage1, stage2 = planted(pipe, missing_table=True)
+    out = refiner(_image(), "a red cube on a (blue:1.4) table", seed=0)
+    assert out.mask.binary[30:, 50:].all() and out.mask.binary.sum() == 18 * 22  # the cube's region only
+    assert out.stage1.ran and out.stage1.steps_run == refiner.config.steps[0]
+    assert str(stage1.prompts[0]) == "a red cube on a (blue table:1.1), sharp"
+    assert stage2.prompts == [PROMPT]  # cleaned, no emphasis, no suffix
+    before, after = np.asarray(_image()), np.asarray(out.image)
+    assert not np.array_equal(before, after)
+
+
+def _decisions(out):
+    return out.mask.binary, out.strength1, str(out.aq.emphasized_prompt)
+
+
+def test_dropping_pq_changes_only_the_perceptual_part(pipe):
+    base, _, _ = planted(pipe, bad=True, missing_table=True)
+    dropped, _, _ = planted(pipe, bad=True, missing_table=True, drop_pq_map=True)
+    full, without = base(_image(), PROMPT, seed=0), dropped(_image(), PROMPT, seed=0)
+    assert dropped.pq_map.calls == 0 and math.isnan(without.pq.score) and (without.pq.map == 1).all()
+    assert full.mask.binary[:12, :12].all() and not without.mask.binary[:12, :12].any()  # P := 1
+    assert np.array_equal(without.mask.binary, out_region := full.aq.defect_map > 0.6) and out_region.any()
+    np.testing.assert_array_equal(without.aq.defect_map, full.aq.defect_map)
+    assert str(without.aq.emphasized_prompt) == str(full.aq.emphasized_prompt)
+    assert without.strength1 == pytest.approx(0.9 * (1 - full.aq.score))  # a alone sets the strength
+    assert full.strength1 == pytest.approx(0.9 * (1 - (0.5 + 0.4) / 2))
+    assert full.aq.score == pytest.approx(0.4)
+    assert without.stage2_steps == full.stage2_steps > 0
+
+
+def test_dropping_aq_changes_only_the_alignment_part(pipe):
+    base, _, _ = planted(pipe, bad=True, missing_table=True)
+    dropped, stage1, stage2 = planted(pipe, bad=True, missing_table=True, drop_aq_map=True)
+    full, without = base(_image(), PROMPT, seed=0), dropped(_image(), PROMPT, seed=0)
+    assert dropped.aq_map.calls == 0 and math.isnan(without.aq.score) and not without.aq.defect_map.any()
+    assert np.array_equal(without.mask.binary, full.pq.map < 0.5)  # D := 0: the perceptual region alone
+    assert str(stage1.prompts[0]) == PROMPT + ", sharp" and stage2.prompts == [PROMPT]  # no emphasis
+    assert without.strength1 == pytest.approx(0.9 * (1 - 0.5))  # p alone sets the strength
+    np.testing.assert_array_equal(without.pq.map, full.pq.map)
+    assert without.stage2_steps == full.stage2_steps > 0
+
+
+def test_dropping_stage_two_changes_only_stage_two(pipe):
+    base, _, _ = planted(pipe, bad=True, missing_table=True)
+    dropped, _, stage2 = planted(pipe, bad=True, missing_table=True, drop_stage2=True)
+    full, without = base(_image(), PROMPT, seed=0), dropped(_image(), PROMPT, seed=0)
+    assert stage2.prompts == [] and without.stage2_steps == 0 and "stage 2 dropped" in without.note
+    assert np.array_equal(without.mask.binary, full.mask.binary) and without.strength1 == full.strength1
+    assert np.array_equal(np.asarray(without.image), np.asarray(full.stage1.image))  # stage 1's output, as is

@@ -1,19 +1,22 @@
 """PQ-Map (Eq. 2-3) with tiny random CLIPs and the official embeddings from ../shared."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.image_io import ImageLoadError
+from grefine.image_io import ImageLoadError, resize_map
 from grefine.maps.pq_map import (
     DEFAULT_ALPHA,
     EOT_POSITION,
     FALLBACK_TEXT_PAIRS,
     QUALITY_FACTORS,
     PQMap,
+    PQMapResult,
     QualityEmbeddingError,
     cask_effect,
     load_embedding_file,
@@ -153,15 +156,21 @@ def test_maps_have_the_image_size_and_range(tiny_pq, size):
 def test_map_normalizations(tiny_text_pq):
     model = tiny_text_pq.surgery.model
     image = _random_image(64, 48)
+    paper = tiny_text_pq(image)  # default: P = BIC(L_per), Eq. 3 as defined
+    expected = resize_map(torch.from_numpy(paper.grid), (48, 64)).clamp(0.0, 1.0).numpy()
+    np.testing.assert_allclose(paper.map, expected, atol=1e-6)
+    assert paper.map.min() > 0.0 and paper.map.max() < 1.0  # no forced minimum, not stretched
     minmax = PQMap(model, embeddings=tiny_text_pq.prompts, num_blocks=2, map_normalization="minmax")(image)
     assert minmax.map.min() == pytest.approx(0.0, abs=1e-6) and minmax.map.max() == pytest.approx(1.0, abs=1e-6)
-    none = PQMap(model, embeddings=tiny_text_pq.prompts, num_blocks=2, map_normalization="none")(image)
-    assert none.map.max() < 1.0  # cask probabilities, not stretched
-    scored = tiny_text_pq(image)
-    assert scored.map.mean() <= scored.score + 1e-4  # rescaled to the score's level (clipping only lowers it)
-    assert scored.map.mean() == pytest.approx(scored.score, abs=0.15)
-    with pytest.raises(ValueError, match="map_normalization"):
-        PQMap(model, embeddings=tiny_text_pq.prompts, num_blocks=2, map_normalization="softmax")
+    for mode in ("score", "softmax"):
+        with pytest.raises(ValueError, match="map_normalization"):
+            PQMap(model, embeddings=tiny_text_pq.prompts, num_blocks=2, map_normalization=mode)
+
+
+def test_neutral_result_is_perfect_everywhere_and_unscored():
+    neutral = PQMapResult.neutral((4, 6))
+    np.testing.assert_array_equal(neutral.map, np.ones((4, 6), np.float32))
+    assert math.isnan(neutral.score)
 
 
 def test_a_list_is_one_batched_forward(tiny_text_pq):

@@ -47,10 +47,16 @@ class _Map:
 
 
 @dataclass
+class _Defects:
+    defect_map: np.ndarray
+    score: float
+
+
+@dataclass
 class _Out:
     image: Image.Image
     pq: _Map
-    aq: _Map
+    aq: _Defects
     mask: MaskResult
 
     def summary(self):
@@ -70,7 +76,7 @@ class _Inverter:
             raise RuntimeError("model exploded")
         size = (image.height, image.width)
         mask = MaskResult(binary=np.ones(size, bool), soft=np.ones(size, np.float32))
-        return _Out(Image.fromarray(255 - np.asarray(image)), _Map(np.full(size, 0.5, np.float32), 0.5), _Map(np.ones(size, np.float32), 0.9), mask)
+        return _Out(Image.fromarray(255 - np.asarray(image)), _Map(np.full(size, 0.5, np.float32), 0.5), _Defects(np.zeros(size, np.float32), 0.9), mask)
 
 
 class _Mean:
@@ -162,7 +168,7 @@ def test_refine_script_with_tiny_random_config(tmp_path, capsys):
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["one.png", "results.csv", "two.jpg"]
     for stem in ("one", "two"):
-        for kind in ("pq", "aq", "mask", "pq_overlay"):
+        for kind in ("pq", "aq_defect", "mask", "pq_overlay"):
             assert (out / "maps" / f"{stem}_{kind}.png").is_file()
     rows = _rows(out / "results.csv")
     assert rows["three.png"]["error"] and not rows["one.png"]["error"] and not rows["two.jpg"]["error"]

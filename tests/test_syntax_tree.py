@@ -10,11 +10,15 @@ from nltk.tree import ParentedTree
 
 from grefine.maps.syntax_tree import (
     DOWNLOAD_COMMAND,
+    STOPWORDS_DOWNLOAD_COMMAND,
     EmptyPromptError,
+    StopwordsUnavailableError,
     TaggerUnavailableError,
     add_nltk_data_dir,
     break_cycles,
     clean_prompt,
+    is_content_word,
+    load_stopwords,
     load_tagger,
     parse_prompt,
 )
@@ -33,8 +37,12 @@ def check_partition(parsed) -> None:
     indices = sorted(index for phrase in parsed.phrases for index in phrase.word_indices)
     assert indices == list(range(len(parsed.words)))
     assert [word for word, _ in parsed.tree.leaves()] == list(parsed.words)
+    assert [parsed.clean_text[start:end] for start, end in parsed.word_spans] == list(parsed.words)
     for phrase in parsed.phrases:
         assert phrase.text == " ".join(parsed.words[i] for i in phrase.word_indices)
+        assert set(phrase.content_indices) <= set(phrase.word_indices)
+        assert phrase.content == " ".join(parsed.words[i] for i in phrase.content_indices)
+        assert all(is_content_word(parsed.words[i]) == (i in phrase.content_indices) for i in phrase.word_indices)
         if phrase.noun is not None:
             assert phrase.noun_index in phrase.word_indices and parsed.words[phrase.noun_index] == phrase.noun
             assert parsed.tags[phrase.noun_index].startswith("NN")
@@ -190,6 +198,41 @@ def test_missing_tagger_is_a_clear_error(monkeypatch):
         load_tagger.cache_clear()
     assert attempts == ["averaged_perceptron_tagger_eng"]
     assert DOWNLOAD_COMMAND in str(error.value) and "NLTK_DATA" in str(error.value)
+
+
+def test_content_drops_stop_words_and_punctuation_in_any_case():
+    parsed = parse_prompt("The cat's HAT, and A dog with the red ball")
+    assert [(p.text, p.content) for p in parsed.phrases] == [
+        ("The cat 's HAT and", "cat HAT"),
+        ("A dog", "dog"),
+        ("with the red ball", "red ball"),
+    ]
+    assert not is_content_word("'s") and not is_content_word("--") and is_content_word("4k")
+    assert {"a", "the", "of", "and", "s"} <= load_stopwords()
+
+
+def test_missing_stopwords_are_a_clear_error(monkeypatch):
+    attempts = []
+
+    class Unavailable:
+        def words(self, language):
+            raise LookupError("Resource stopwords not found")
+
+    def failed_download(resource, **kwargs):
+        attempts.append(resource)
+        return False
+
+    load_stopwords.cache_clear()
+    monkeypatch.setattr(nltk.corpus, "stopwords", Unavailable())
+    monkeypatch.setattr(nltk, "download", failed_download)
+    try:
+        with pytest.raises(StopwordsUnavailableError) as error:
+            parse_prompt("a cat")
+    finally:
+        load_stopwords.cache_clear()
+    assert attempts == ["stopwords"]
+    assert STOPWORDS_DOWNLOAD_COMMAND in str(error.value) and "corpora/stopwords.zip" in str(error.value)
+    assert "NLTK_DATA" in str(error.value)
 
 
 def test_tagger_is_downloaded_on_first_use(monkeypatch, shared_dir):

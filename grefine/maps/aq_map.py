@@ -1,46 +1,62 @@
-"""AQ-Map: the alignment quality map and score (paper §3.2, Eq. 4-8, Algorithm 1).
+"""AQ-Map: the alignment defect map and the alignment score (paper §3.2, Eq. 4-8, Algorithm 1).
 
 Pipeline of one call ``AQMap(model, tokenizer)(image, prompt)``:
 
-1. the prompt is split into phrases, each with a head noun and an ancestor phrase
-   (Eq. 4, Algorithm 1: :func:`grefine.maps.syntax_tree.parse_prompt`);
-2. Eq. 5 for every phrase ``phs[j]``, every noun ``pns[j]`` and the whole prompt, with the VVV
-   image tokens (Eq. 1) L2-normalised and the text features L2-normalised:
+1. the prompt is cleaned of weighting syntax and split into phrases, each with a head noun, an
+   ancestor phrase and its *content* — its words without NLTK's English stop words and
+   punctuation (Eq. 4, Algorithm 1: :func:`grefine.maps.syntax_tree.parse_prompt`);
+2. Eq. 5 for the whole cleaned prompt, every phrase content ``phs[j]`` and every noun ``pns[j]``,
+   with the VVV image tokens (Eq. 1) and the text features L2-normalised:
    ``s = tokens · (C_T(text) − C_T(""))`` — the empty string's feature is CLIP-Surgery's redundant
    feature, removed by subtraction. All texts of a prompt (and ``""``) go through the text tower
    as one batch; each text is encoded on its own, so a prompt longer than CLIP's context only
    truncates the whole-prompt term (with a warning).
 3. the score of a text is ``σ(10·s_CLS)`` and its map is ``s`` over the patch grid, min-max
    normalised per text and resized bicubically to the image (BIC);
-4. Eq. 6-8 (:func:`classify_defects`, :func:`merge_alignment_map`, :func:`emphasize_defects`,
+4. Eq. 6-8 (:func:`classify_defects`, :func:`merge_defect_map`, :func:`emphasize_defects`,
    :func:`cask_score`).
+
+Any other aligner (an ImageReward-initialised tower, §4.2) plugs in through
+:func:`aq_map_from_aligner`: a callable ``aligner(image, texts)`` returning an object with
+``.scores`` (K,) in [0, 1] and ``.maps`` (K, H, W) in [0, 1] at the image's size, for the K texts
+it is given — the cleaned prompt, the non-empty phrase contents and the nouns, each once.
 
 Interpretations written down here (and in the README):
 
-* Eq. 5's "softmax" is read as the authors' released script computes it: a logistic score
+* Eq. 5's "softmax" is read as the authors' released code computes it: a logistic score
   ``σ(10·s)`` at the CLS token and a per-text min-max normalised patch map (a constant map
-  becomes all ones). Their script also averages each text over 85 ImageNet prompt templates; we
-  encode the text itself, as Eq. 5 is printed.
+  becomes all ones). Their code also averages each text over 85 ImageNet prompt templates; we
+  encode the text itself, as Eq. 5 is printed. Phrases and nouns are scored without stop words
+  and punctuation, as in their notebook, so that "a cat" is not compared with "cat".
 * Eq. 6 is printed with its two cases the other way round than the text describes them. We follow
-  the text (and the issue): a *noun-unmatched* phrase (``a_pns[j] < a_bound``, checked first) is
-  drawn on its ancestor's noun map, ``A ← A · A_pns[ancestor(j)]``; an *adjective-unmatched*
-  phrase (``a_phs[j] < a_pns[j]``) on its own noun map, ``A ← A · A_pns[j]``. ``A`` starts at 1,
-  so a prompt whose phrases all match leaves ``A = 1``. A phrase that is its own ancestor and
-  misses its noun is drawn on its own noun map.
-* A phrase without a noun (a prompt with no noun at all) plays its own noun: ``a_pns = a_phs``
-  and ``A_pns = A_phs``.
-* Eq. 7 (``prompt + 0.1·phs[j]``) is carried by :class:`EmphasizedPrompt`: the refiner adds
-  ``0.1 · E(phs[j])`` to the diffusion model's prompt embeddings ``E(prompt)`` (token and pooled
-  embeddings alike) for every defective phrase, in phrase order.
-* Eq. 8: ``a = σ(10·s_CLS(prompt)) · Π_j min(a_phs[j] / β, 1)`` over all phrases.
-* ``a_bound`` and ``β`` are not given by the paper nor its code; both default to 0.5, the score
-  of a text exactly as similar to the image as the empty string (``s = 0``).
+  the text and the released notebook. A phrase is *noun-unmatched* when ``a_pns[j] < a_bound``
+  (checked first), *adjective-unmatched* when ``a_phs[j] < a_pns[j] − margin``. The defect map
+  ``D`` starts at 0 and takes the pixel-wise maximum (the notebook's ``np.maximum``) of each
+  defective phrase's *target map*: a noun-unmatched phrase's target is its ancestor's noun map
+  (the missing object belongs in its ancestor's region) or, when the phrase is its own ancestor
+  or its ancestor is not scored, the whole-prompt map; an adjective-unmatched phrase's target is
+  its own noun map. So ``D = 0`` exactly when nothing is defective, and adding a defect never
+  lowers ``D``. The alignment *quality* view ``A = 1 − D`` is :attr:`AQMapResult.alignment_map`.
+* A phrase whose content is empty (only stop words) is not scored and never defective. A phrase
+  without a noun (a prompt with no noun at all) plays its own noun: ``a_pns = a_phs`` and
+  ``A_pns = A_phs``.
+* Eq. 7 (``prompt + 0.1·phs[j]``) is carried by :class:`EmphasizedPrompt`: the diffusion model
+  reads the cleaned prompt with the content words of every defective phrase weighted by
+  ``1 + emphasis`` on their own tokens, what ``(phrase:1.1)`` means in prompt weighting (see
+  :class:`grefine.refine.stage1.InpaintStage1`).
+* Eq. 8: ``a = σ(10·s_CLS(prompt)) · Π_j min(a_phs[j] / β, 1)`` over the scored phrases.
+* ``a_bound`` = 0.5 is the notebook's bound (and the score of a text exactly as similar to the
+  image as the empty string, ``s = 0``); ``β`` = 0.5 likewise. ``margin`` (default 0.05) is ours:
+  the notebook uses 0; σ(10·s) has slope 2.5 at s = 0, so 0.05 asks the phrase to score at least
+  0.02 in cosine similarity below its noun before its modifiers count as missing, instead of
+  flagging any phrase whose extra words move the score by a rounding-level amount.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,7 +66,12 @@ from PIL import Image
 
 from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
 from grefine.maps.clip_surgery import InputSize, vvv_surgery
-from grefine.maps.syntax_tree import ParsedPrompt, parse_prompt
+from grefine.maps.syntax_tree import (
+    ParsedPrompt,
+    clean_prompt,
+    is_content_word,
+    parse_prompt,
+)
 
 DefectKind = Literal["none", "noun_unmatched", "adjective_unmatched"]
 
@@ -59,28 +80,44 @@ SCORE_TEMPERATURE = 10.0
 
 DEFAULT_A_BOUND = 0.5
 DEFAULT_BETA = 0.5
+DEFAULT_MARGIN = 0.05
 EMPHASIS_WEIGHT = 0.1
 """The 0.1 of Eq. 7."""
 
 
 @dataclass(frozen=True)
 class EmphasizedPrompt:
-    """Eq. 7, ``prompt = prompt + 0.1·phs[j]`` for every defective phrase j.
+    """Eq. 7: the cleaned prompt with the defective phrases' content words emphasised in place.
 
-    The emphasis is applied in the diffusion model's text-embedding space by the refiner:
-    ``E(prompt) + weight · Σ_j E(phrases[j])`` (token embeddings and pooled embeddings alike).
-    ``str()`` renders it in the common ``(phrase:1.1)`` prompt-weighting notation for logs.
+    ``text`` is the prompt the diffusion model reads; ``spans`` are ``(start, end)`` character
+    ranges of ``text`` whose tokens get the weight ``1 + weight`` (the rest keep 1); ``phrases``
+    are the emphasised phrase contents (for the pooled embedding, see
+    :class:`grefine.refine.stage1.InpaintStage1`). ``str()`` renders it in the common
+    ``(phrase:1.1)`` prompt-weighting notation for logs.
     """
 
-    prompt: str
+    text: str
+    spans: tuple[tuple[int, int], ...] = ()
     phrases: tuple[str, ...] = ()
-    weight: float = 0.1
+    weight: float = EMPHASIS_WEIGHT
+
+    def fragments(self) -> list[tuple[str, float]]:
+        """``text`` cut at the span boundaries, each piece with its weight (1 or 1 + weight)."""
+        pieces, last = [], 0
+        for start, end in self.spans:
+            pieces += [(self.text[last:start], 1.0), (self.text[start:end], 1.0 + self.weight)]
+            last = end
+        pieces.append((self.text[last:], 1.0))
+        return [(text, weight) for text, weight in pieces if text]
+
+    def with_suffix(self, suffix: str) -> "EmphasizedPrompt":
+        """The same emphasis with ``suffix`` appended to the text (unweighted)."""
+        return EmphasizedPrompt(self.text + suffix, self.spans, self.phrases, self.weight)
 
     def __str__(self) -> str:
-        if not self.phrases:
-            return self.prompt
-        emphasis = ", ".join(f"({phrase}:{1 + self.weight:g})" for phrase in self.phrases)
-        return f"{self.prompt}, {emphasis}"
+        if not self.weight:
+            return self.text
+        return "".join(text if weight == 1.0 else f"({text}:{weight:g})" for text, weight in self.fragments())
 
 
 @dataclass(frozen=True)
@@ -91,23 +128,29 @@ class Alignment:
     maps: np.ndarray
 
 
-Aligner = Callable[[Image.Image, Sequence[str]], Alignment]
-"""Anything that gives Eq. 5's scores and maps of an image for several texts."""
+class Aligner(Protocol):
+    """Eq. 5 for an image and K texts: an object with ``.scores`` (K,) and ``.maps`` (K, H, W),
+    H×W being the image's size, both in [0, 1] (higher = better aligned)."""
+
+    def __call__(self, image: Image.Image, texts: Sequence[str]) -> Alignment: ...
 
 
 @dataclass(frozen=True)
 class PhraseAlignment:
     """One phrase's Eq. 5 results and its defect kind (Eq. 6).
 
-    ``score`` is a_phs[j]; ``noun_score`` is a_pns[j] (equal to ``score`` for a phrase without a
-    noun); ``ancestor`` indexes :attr:`AQMapResult.phrases`.
+    ``content`` is the scored text (the phrase without stop words); ``noun`` the scored noun
+    (None when the phrase has none, then it plays its own noun). ``score`` is a_phs[j] and
+    ``noun_score`` a_pns[j], both None for a phrase with empty content (not scored, never
+    defective); ``ancestor`` indexes :attr:`AQMapResult.phrases`.
     """
 
     text: str
+    content: str
     noun: Optional[str]
     ancestor: int
-    score: float
-    noun_score: float
+    score: Optional[float]
+    noun_score: Optional[float]
     defect: DefectKind
 
 
@@ -115,67 +158,133 @@ class PhraseAlignment:
 class AQMapResult:
     """AQ-Map output for one image and prompt.
 
-    ``map``: A of Eq. 6, float32 H×W, the image's size (1 = no defect drawn there);
-    ``score``: a of Eq. 8; ``prompt_score``: the whole-prompt term of Eq. 8;
-    ``phrase_maps`` / ``noun_maps``: A_phs / A_pns of Eq. 5, (P, H, W) float32;
-    ``emphasized_prompt``: Eq. 7; ``parse``: the phrases and tree of Eq. 4.
+    ``defect_map``: D of Eq. 6, float32 H×W in [0, 1], the image's size: 0 where no defective
+    phrase is drawn (everywhere when none is defective), high on the regions to redraw;
+    ``score``: a of Eq. 8; ``prompt_score``: its whole-prompt term; ``prompt_map``: the
+    whole-prompt map; ``phrase_maps`` / ``noun_maps``: A_phs / A_pns of Eq. 5, (P, H, W) float32
+    (all zero for a phrase that is not scored); ``emphasized_prompt``: Eq. 7; ``parse``: the
+    phrases and tree of Eq. 4 (None for :meth:`neutral`).
     """
 
-    map: np.ndarray
+    defect_map: np.ndarray
     score: float
     prompt_score: float
     phrases: tuple[PhraseAlignment, ...]
     emphasized_prompt: EmphasizedPrompt
+    prompt_map: np.ndarray
     phrase_maps: np.ndarray
     noun_maps: np.ndarray
-    parse: ParsedPrompt
+    parse: Optional[ParsedPrompt]
+
+    @property
+    def alignment_map(self) -> np.ndarray:
+        """The alignment quality view ``A = 1 − D`` (1 = nothing to redraw there), for plots."""
+        return 1.0 - self.defect_map
+
+    @property
+    def clean_prompt(self) -> str:
+        """The prompt without weighting syntax and without emphasis (what stage 2 reads)."""
+        return self.emphasized_prompt.text
+
+    @classmethod
+    def neutral(cls, prompt: str, size: tuple[int, int]) -> "AQMapResult":
+        """What stands for AQ-Map when it is switched off (Table 8 ablation): ``D = 0``, no
+        phrase, no emphasis, no score (NaN). ``size`` is (height, width)."""
+        empty = np.zeros((0, *size), np.float32)
+        return cls(
+            defect_map=np.zeros(size, np.float32),
+            score=math.nan,
+            prompt_score=math.nan,
+            phrases=(),
+            emphasized_prompt=EmphasizedPrompt(clean_prompt(prompt)),
+            prompt_map=np.zeros(size, np.float32),
+            phrase_maps=empty,
+            noun_maps=empty,
+            parse=None,
+        )
 
 
 # --------------------------------------------------------------------------- Eq. 6-8
 
 
 def classify_defects(
-    phrase_scores: Sequence[float], noun_scores: Sequence[float], a_bound: float
+    phrase_scores: Sequence[Optional[float]],
+    noun_scores: Sequence[Optional[float]],
+    a_bound: float,
+    margin: float = DEFAULT_MARGIN,
 ) -> list[DefectKind]:
     """Eq. 6's two alignment defects per phrase: ``noun_unmatched`` when a_pns < a_bound (checked
-    first), else ``adjective_unmatched`` when a_phs < a_pns, else ``none``."""
+    first), else ``adjective_unmatched`` when a_phs < a_pns − margin, else ``none``; a phrase
+    without a score (None) is ``none``."""
     defects: list[DefectKind] = []
     for phrase_score, noun_score in zip(phrase_scores, noun_scores, strict=True):
-        if noun_score < a_bound:
+        if phrase_score is None or noun_score is None:
+            defects.append("none")
+        elif noun_score < a_bound:
             defects.append("noun_unmatched")
-        elif phrase_score < noun_score:
+        elif phrase_score < noun_score - margin:
             defects.append("adjective_unmatched")
         else:
             defects.append("none")
     return defects
 
 
-def merge_alignment_map(
-    noun_maps: np.ndarray, ancestors: Sequence[int], defects: Sequence[DefectKind]
-) -> np.ndarray:
-    """Eq. 6 (as the paper's text describes it): ``A = 1``, then for each defective phrase j,
-    ``A ← A · A_pns[ancestor(j)]`` (noun unmatched) or ``A ← A · A_pns[j]`` (adjective unmatched)."""
-    merged = np.ones(noun_maps.shape[1:], dtype=np.float32)
+def target_maps(
+    prompt_map: np.ndarray,
+    noun_maps: np.ndarray,
+    ancestors: Sequence[int],
+    scored: Sequence[bool],
+    defects: Sequence[DefectKind],
+) -> list[np.ndarray]:
+    """Each defective phrase's region (Eq. 6, as the paper's text and the notebook describe it):
+    noun-unmatched → the ancestor's noun map, or the whole-prompt map when the phrase is its own
+    ancestor or its ancestor is not scored; adjective-unmatched → its own noun map."""
+    targets = []
     for j, (ancestor, defect) in enumerate(zip(ancestors, defects, strict=True)):
         if defect == "noun_unmatched":
-            merged *= noun_maps[ancestor]
+            targets.append(noun_maps[ancestor] if ancestor != j and scored[ancestor] else prompt_map)
         elif defect == "adjective_unmatched":
-            merged *= noun_maps[j]
+            targets.append(noun_maps[j])
+    return targets
+
+
+def merge_defect_map(targets: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Eq. 6's merge: ``D = 0``, then ``D ← max(D, target)`` for every defective phrase."""
+    merged = np.zeros(shape, np.float32)
+    for target in targets:
+        np.maximum(merged, target, out=merged)
     return merged
 
 
 def emphasize_defects(
-    prompt: str, phrases: Sequence[str], defects: Sequence[DefectKind], weight: float = EMPHASIS_WEIGHT
+    parsed: ParsedPrompt, defects: Sequence[DefectKind], weight: float = EMPHASIS_WEIGHT
 ) -> EmphasizedPrompt:
-    """Eq. 7: the prompt plus ``weight`` times every defective phrase (in phrase order)."""
-    chosen = tuple(text for text, defect in zip(phrases, defects, strict=True) if defect != "none")
-    return EmphasizedPrompt(prompt, chosen, weight)
+    """Eq. 7: the cleaned prompt with each defective phrase's content words (runs of adjacent
+    words as one span) weighted by ``1 + weight``, in the prompt's own token positions."""
+    spans, phrases = [], []
+    for phrase, defect in zip(parsed.phrases, defects, strict=True):
+        if defect == "none" or not weight:
+            continue
+        phrases.append(phrase.content)
+        run_start = previous = phrase.content_indices[0]
+        for index in (*phrase.content_indices[1:], None):
+            if index is not None and index == previous + 1:
+                previous = index
+                continue
+            spans.append((parsed.word_spans[run_start][0], parsed.word_spans[previous][1]))
+            if index is not None:
+                run_start = previous = index
+    return EmphasizedPrompt(parsed.clean_text, tuple(sorted(spans)), tuple(phrases), weight)
 
 
 def cask_score(prompt_score: float, phrase_scores: Sequence[float], beta: float) -> float:
     """Eq. 8: ``a = prompt_score · Π_j min(a_phs[j] / β, 1)``."""
     penalty = np.prod([min(score / beta, 1.0) for score in phrase_scores])
     return float(prompt_score * penalty)
+
+
+def _scored_noun(phrase) -> Optional[str]:
+    return phrase.noun if phrase.noun is not None and is_content_word(phrase.noun) else None
 
 
 def aq_map_from_aligner(
@@ -185,36 +294,51 @@ def aq_map_from_aligner(
     *,
     a_bound: float = DEFAULT_A_BOUND,
     beta: float = DEFAULT_BETA,
+    margin: float = DEFAULT_MARGIN,
+    emphasis: float = EMPHASIS_WEIGHT,
 ) -> AQMapResult:
     """Eq. 5-8 for a parsed prompt, with Eq. 5 given by ``aligner``.
 
-    The aligner is asked once, for the distinct texts among the whole prompt, the phrases and
-    the nouns (a phrase without a noun stands for its noun).
+    ``aligner(image, texts)`` must return an object with ``.scores`` (K,) and ``.maps`` (K, H, W)
+    (H×W = the image's size, values in [0, 1], higher = better aligned) for the K ``texts``. It is
+    called once, with each distinct text once: the cleaned prompt (``parsed.clean_text``), the
+    non-empty phrase contents (stop words and punctuation removed) and the phrases' nouns (a
+    phrase without a scored noun stands for its noun). ``a_bound``, ``beta`` and ``margin`` are
+    Eq. 6-8's bounds, ``emphasis`` Eq. 7's weight (see the module docstring).
     """
-    phrase_texts = [phrase.text for phrase in parsed.phrases]
-    noun_texts = [phrase.noun if phrase.noun is not None else phrase.text for phrase in parsed.phrases]
-    texts = list(dict.fromkeys([parsed.clean_text, *phrase_texts, *noun_texts]))
+    scored = [bool(phrase.content) for phrase in parsed.phrases]
+    nouns = [_scored_noun(phrase) or phrase.content for phrase in parsed.phrases]
+    contents = [phrase.content for phrase in parsed.phrases]
+    texts = list(dict.fromkeys([parsed.clean_text, *(t for t in contents if t), *(t for t in nouns if t)]))
     alignment = aligner(image, texts)
     row = {text: k for k, text in enumerate(texts)}
-    phrase_rows = [row[text] for text in phrase_texts]
-    noun_rows = [row[text] for text in noun_texts]
-    phrase_scores = [float(alignment.scores[k]) for k in phrase_rows]
-    noun_scores = [float(alignment.scores[k]) for k in noun_rows]
-    noun_maps = alignment.maps[noun_rows].astype(np.float32)
+    size = tuple(alignment.maps.shape[1:])
+
+    def scores_of(keys: list[str]) -> list[Optional[float]]:
+        return [float(alignment.scores[row[key]]) if ok else None for key, ok in zip(keys, scored, strict=True)]
+
+    def maps_of(keys: list[str]) -> np.ndarray:
+        rows = [alignment.maps[row[key]] if ok else np.zeros(size) for key, ok in zip(keys, scored, strict=True)]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, *size), np.float32)
+
+    phrase_scores, noun_scores = scores_of(contents), scores_of(nouns)
+    noun_maps = maps_of(nouns)
+    prompt_map = alignment.maps[row[parsed.clean_text]].astype(np.float32)
+    defects = classify_defects(phrase_scores, noun_scores, a_bound, margin)
     ancestors = [phrase.ancestor for phrase in parsed.phrases]
-    defects = classify_defects(phrase_scores, noun_scores, a_bound)
     prompt_score = float(alignment.scores[row[parsed.clean_text]])
     phrases = tuple(
-        PhraseAlignment(phrase.text, phrase.noun, phrase.ancestor, score, noun_score, defect)
+        PhraseAlignment(phrase.text, phrase.content, _scored_noun(phrase), phrase.ancestor, score, noun_score, defect)
         for phrase, score, noun_score, defect in zip(parsed.phrases, phrase_scores, noun_scores, defects, strict=True)
     )
     return AQMapResult(
-        map=merge_alignment_map(noun_maps, ancestors, defects),
-        score=cask_score(prompt_score, phrase_scores, beta),
+        defect_map=merge_defect_map(target_maps(prompt_map, noun_maps, ancestors, scored, defects), size),
+        score=cask_score(prompt_score, [s for s in phrase_scores if s is not None], beta),
         prompt_score=prompt_score,
         phrases=phrases,
-        emphasized_prompt=emphasize_defects(parsed.text, phrase_texts, defects),
-        phrase_maps=alignment.maps[phrase_rows].astype(np.float32),
+        emphasized_prompt=emphasize_defects(parsed, defects, emphasis),
+        prompt_map=prompt_map,
+        phrase_maps=maps_of(contents),
         noun_maps=noun_maps,
         parse=parsed,
     )
@@ -236,15 +360,17 @@ def _token_count(tokenizer, text: str) -> Optional[int]:
 
 
 class AQMap(nn.Module):
-    """Alignment quality map (Eq. 4-8) for any open_clip ViT.
+    """Alignment defect map (Eq. 4-8) for any open_clip ViT.
 
     Args:
         model: an open_clip CLIP with a ViT image tower (e.g. ViT-B/16 ``openai``, or an HPSv2 /
             PickScore style checkpoint loaded into open_clip).
         tokenizer: its tokenizer (``open_clip.get_tokenizer``).
         num_blocks: how many final blocks get the VVV path (Eq. 1).
-        a_bound: noun-unmatched threshold of Eq. 6 on a_pns.
+        a_bound: noun-unmatched bound of Eq. 6 on a_pns.
         beta: cask-effect bound β of Eq. 8.
+        margin: adjective-unmatched margin of Eq. 6 (a_phs < a_pns − margin).
+        emphasis: Eq. 7's weight (0.1); 0 emphasises nothing.
         input_size: CLIP input size; None = the model's own, an int or (height, width), or
             ``"native"`` = each image's own size rounded to the patch.
     """
@@ -257,15 +383,19 @@ class AQMap(nn.Module):
         num_blocks: int = 6,
         a_bound: float = DEFAULT_A_BOUND,
         beta: float = DEFAULT_BETA,
+        margin: float = DEFAULT_MARGIN,
+        emphasis: float = EMPHASIS_WEIGHT,
         input_size: InputSize = None,
     ) -> None:
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+        if beta <= 0 or margin < 0 or emphasis < 0:
+            raise ValueError(f"need beta > 0, margin ≥ 0 and emphasis ≥ 0, got {beta}, {margin}, {emphasis}")
         self.surgery = vvv_surgery(model, num_blocks=num_blocks)
         self.tokenizer = tokenizer
         self.a_bound = float(a_bound)
         self.beta = float(beta)
+        self.margin = float(margin)
+        self.emphasis = float(emphasis)
         self.input_size = input_size
 
     @classmethod
@@ -323,5 +453,6 @@ class AQMap(nn.Module):
     def forward(self, image: Union[Image.Image, PathLike], prompt: str) -> AQMapResult:
         """AQ-Map of one image for its prompt (Eq. 4-8)."""
         rgb = as_rgb_image(image)
-        return aq_map_from_aligner(parse_prompt(prompt), rgb, self.align, a_bound=self.a_bound, beta=self.beta)
-
+        return aq_map_from_aligner(
+            parse_prompt(prompt), rgb, self.align, a_bound=self.a_bound, beta=self.beta, margin=self.margin, emphasis=self.emphasis
+        )

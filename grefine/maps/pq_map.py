@@ -20,14 +20,15 @@ Interpretations written down here (and in the README):
   script only applies it to the score).
 * α defaults are the authors' ``bound_i × AGIN mean``: (0.935·1.0, 0.892·0.6, 0.826·0.8). Their
   script divides all three factors by the first bound (a slip); we use each factor's own bound.
-* Map normalisation (``map_normalization``): ``"score"`` (default) min-max normalises the
-  resized map and rescales it so that its mean equals the score p, then clips to [0, 1]: the
-  spatial layout comes from the tokens, the absolute level from the calibrated CLS score, so a
-  high-quality image gets a mostly-high map; ``"minmax"`` is the authors' per-image min-max;
-  ``"none"`` keeps the cask probabilities (already in [0, 1]) and only clips the bicubic overshoot.
+* Map normalisation (``map_normalization``): ``"none"`` (default) is ``P = BIC(L_per)`` as Eq. 3
+  defines it: the per-token cask probabilities, already in [0, 1], resized, with only the bicubic
+  overshoot clipped — so a high-quality image has a high map everywhere and nothing below the
+  mask's perceptual bound. ``"minmax"`` is the authors' per-image min-max (their notebook),
+  which puts every image's worst pixel at 0.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ N_CTX_HALF = 8
 CLASS_NAME_TOKENS = 3
 EOT_POSITION = 1 + 2 * N_CTX_HALF + CLASS_NAME_TOKENS  # = 20, the authors' fixed read-out index
 
-MapNormalization = Literal["score", "minmax", "none"]
+MapNormalization = Literal["none", "minmax"]
 
 
 class QualityEmbeddingError(ValueError):
@@ -168,18 +169,14 @@ def cask_effect(probabilities: torch.Tensor, alpha: Sequence[float]) -> torch.Te
     return probabilities[..., 0] * penalty
 
 
-def normalize_map(values: torch.Tensor, score: float, mode: MapNormalization) -> torch.Tensor:
+def normalize_map(values: torch.Tensor, mode: MapNormalization) -> torch.Tensor:
     """Bring a resized (H, W) L_per map to [0, 1]; see the module docstring for the modes."""
     if mode == "none":
         return values.clamp(0.0, 1.0)
-    low, high = values.min(), values.max()
-    scaled = (values - low) / (high - low) if high > low else torch.ones_like(values)
     if mode == "minmax":
-        return scaled
-    if mode == "score":
-        mean = scaled.mean()
-        return (scaled * (score / mean)).clamp(0.0, 1.0) if mean > 0 else torch.full_like(values, score)
-    raise ValueError(f"map_normalization must be 'score', 'minmax' or 'none', got {mode!r}")
+        low, high = values.min(), values.max()
+        return (values - low) / (high - low) if high > low else torch.ones_like(values)
+    raise ValueError(f"map_normalization must be 'none' or 'minmax', got {mode!r}")
 
 
 @dataclass
@@ -195,6 +192,12 @@ class PQMapResult:
     score: float
     factor_scores: dict[str, float] = field(default_factory=dict)
     grid: Optional[np.ndarray] = None
+
+    @classmethod
+    def neutral(cls, size: tuple[int, int]) -> "PQMapResult":
+        """What stands for PQ-Map when it is switched off (Table 8 ablation): ``P = 1``
+        everywhere, no score (NaN). ``size`` is (height, width)."""
+        return cls(map=np.ones(size, np.float32), score=math.nan)
 
 
 class PQMap(nn.Module):
@@ -223,12 +226,12 @@ class PQMap(nn.Module):
         attention: AttentionMode = "vvv",
         alpha: Sequence[float] = DEFAULT_ALPHA,
         input_size: InputSize = None,
-        map_normalization: MapNormalization = "score",
+        map_normalization: MapNormalization = "none",
     ) -> None:
         super().__init__()
         if len(alpha) != 3 or min(alpha) <= 0:
             raise ValueError(f"alpha must be three positive bounds (technical, rational, natural), got {alpha}")
-        normalize_map(torch.zeros(1, 1), 0.5, map_normalization)  # validates the mode early
+        normalize_map(torch.zeros(1, 1), map_normalization)  # validates the mode early
         self.surgery = vvv_surgery(model, num_blocks=num_blocks, attention=attention)
         self.alpha = tuple(float(a) for a in alpha)
         self.input_size = input_size
@@ -290,7 +293,7 @@ class PQMap(nn.Module):
             score = float(values[0])
             grid_map = values[1:].view(*grid)
             resized = resize_map(grid_map, (image.size[1], image.size[0]))
-            quality_map = normalize_map(resized, score, self.map_normalization)
+            quality_map = normalize_map(resized, self.map_normalization)
             results.append(
                 PQMapResult(
                     map=quality_map.cpu().numpy().astype(np.float32),

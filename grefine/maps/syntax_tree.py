@@ -29,7 +29,11 @@ Eq. 4, as implemented:
   the word's own constituent: "of" in "photo of a scarecrow holding a gift" goes with the
   scarecrow), then by the smaller distance in word order, then by the later noun (a determiner,
   preposition or conjunction introduces the noun that follows it);
-* a prompt without a noun is one phrase holding every word, with ``noun=None``.
+* a prompt without a noun is one phrase holding every word, with ``noun=None``;
+* each phrase also gets its *content* (:attr:`Phrase.content`): its words without NLTK's English
+  stop words and punctuation (:func:`is_content_word`), the text AQ-Map scores, as in the authors'
+  notebook (which keeps a word unless it is literally in ``stopwords.words("english")``; we compare
+  in lower case and ignore punctuation at a word's ends, so "A" and "'s" are stop words too).
 
 Algorithm 1, as implemented on the constituency tree (the authors walk spaCy's dependency tree,
 whose nodes are words):
@@ -50,18 +54,25 @@ from __future__ import annotations
 import functools
 import os
 import re
+import string
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, TypeVar, Union
 
 import nltk
+from nltk.tokenize.util import align_tokens
 from nltk.tree import ParentedTree, Tree
 
 TAGGER_RESOURCE = "averaged_perceptron_tagger_eng"
 """NLTK data package of the English averaged-perceptron POS tagger."""
 
 DOWNLOAD_COMMAND = f"python -m nltk.downloader {TAGGER_RESOURCE}"
+
+STOPWORDS_RESOURCE = "stopwords"
+"""NLTK data package of the stop-word lists (``corpora/stopwords.zip``)."""
+
+STOPWORDS_DOWNLOAD_COMMAND = f"python -m nltk.downloader {STOPWORDS_RESOURCE}"
 
 GRAMMAR = r"""
 NP:     {<DT|PDT|PRP\$|WDT>+<RB.*|JJ.*|CD|VBG|VBN>*<NN.*|POS|JJ.*|CD>*<NN.*>}
@@ -90,8 +101,16 @@ class EmptyPromptError(ValueError):
     """The prompt has no word to parse (empty, blank, or punctuation/weight syntax only)."""
 
 
-class TaggerUnavailableError(LookupError):
+class NLTKDataUnavailableError(LookupError):
+    """An NLTK data package is neither installed nor downloadable."""
+
+
+class TaggerUnavailableError(NLTKDataUnavailableError):
     """NLTK's POS tagger data is neither installed nor downloadable."""
+
+
+class StopwordsUnavailableError(NLTKDataUnavailableError):
+    """NLTK's stop-word lists are neither installed nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,8 @@ class Phrase:
     ``word_indices`` index :attr:`ParsedPrompt.words` (ascending); ``noun`` is the head noun
     (None only for a prompt without nouns) and ``noun_index`` its word index; ``ancestor``
     indexes :attr:`ParsedPrompt.phrases` (Algorithm 1; equal to the phrase's own index at a root).
+    ``content`` is ``text`` without stop words and punctuation (:func:`is_content_word`), ``""``
+    when nothing is left; ``content_indices`` are the word indices it keeps.
     """
 
     text: str
@@ -108,6 +129,8 @@ class Phrase:
     noun: Optional[str]
     noun_index: Optional[int]
     ancestor: int
+    content: str
+    content_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -115,12 +138,14 @@ class ParsedPrompt:
     """A prompt split into phrases (Eq. 4) with their ancestors (Algorithm 1).
 
     ``tree`` leaves are ``(word, tag)`` tuples, leaf ``i`` being ``words[i]``; ``clean_text`` is
-    the prompt without weighting syntax (what CLIP should read for the whole prompt).
+    the prompt without weighting syntax (what CLIP and the diffusion models read for the whole
+    prompt); ``word_spans[i]`` is the ``(start, end)`` character span of ``words[i]`` in it.
     """
 
     text: str
     clean_text: str
     words: tuple[str, ...]
+    word_spans: tuple[tuple[int, int], ...]
     tags: tuple[str, ...]
     tree: ParentedTree
     phrases: tuple[Phrase, ...]
@@ -142,24 +167,61 @@ def add_nltk_data_dir(path: Union[str, os.PathLike]) -> None:
     nltk.data.path.insert(0, folder)
 
 
+Loaded = TypeVar("Loaded")
+
+
+def _load_nltk_data(
+    load: Callable[[], Loaded], resource: str, what: str, folder: str, error: type[NLTKDataUnavailableError]
+) -> Loaded:
+    """``load()`` from ``nltk.data.path`` or, failing that, after one ``nltk.download(resource)``;
+    raises ``error`` naming the command to run and the folder NLTK_DATA must hold."""
+    try:
+        return load()
+    except LookupError:
+        pass
+    if nltk.download(resource, quiet=True, raise_on_error=False):
+        try:
+            return load()
+        except LookupError:
+            pass
+    raise error(
+        f"NLTK's {what} '{resource}' is not installed and could not be downloaded. "
+        f"Run `python -m nltk.downloader {resource}` on a machine with internet, or point the NLTK_DATA environment "
+        f"variable at a folder holding {folder} (searched: {list(nltk.data.path)})."
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def load_tagger() -> nltk.tag.PerceptronTagger:
     """The averaged-perceptron tagger, from ``nltk.data.path`` or, failing that, downloaded once
     with ``nltk.download``; raises :class:`TaggerUnavailableError` with the command to run."""
-    try:
-        return nltk.tag.PerceptronTagger(lang="eng")
-    except LookupError:
-        pass
-    if nltk.download(TAGGER_RESOURCE, quiet=True, raise_on_error=False):
-        try:
-            return nltk.tag.PerceptronTagger(lang="eng")
-        except LookupError:
-            pass
-    raise TaggerUnavailableError(
-        f"NLTK's POS tagger '{TAGGER_RESOURCE}' is not installed and could not be downloaded. "
-        f"Run `{DOWNLOAD_COMMAND}` on a machine with internet, or point the NLTK_DATA environment "
-        f"variable at a folder holding taggers/{TAGGER_RESOURCE}/ (searched: {list(nltk.data.path)})."
+    return _load_nltk_data(
+        lambda: nltk.tag.PerceptronTagger(lang="eng"),
+        TAGGER_RESOURCE,
+        "POS tagger",
+        f"taggers/{TAGGER_RESOURCE}/",
+        TaggerUnavailableError,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def load_stopwords() -> frozenset[str]:
+    """NLTK's English stop words (lower case), from ``nltk.data.path`` or downloaded once;
+    raises :class:`StopwordsUnavailableError` with the command to run."""
+    return _load_nltk_data(
+        lambda: frozenset(nltk.corpus.stopwords.words("english")),
+        STOPWORDS_RESOURCE,
+        "stop-word list",
+        f"corpora/{STOPWORDS_RESOURCE}.zip",
+        StopwordsUnavailableError,
+    )
+
+
+def is_content_word(word: str) -> bool:
+    """False for an NLTK English stop word or a punctuation-only token: the word is compared in
+    lower case with the punctuation at its ends removed (so "A", "the," and "'s" are stop words)."""
+    core = word.strip(string.punctuation).lower()
+    return bool(core) and core not in load_stopwords()
 
 
 @functools.lru_cache(maxsize=1)
@@ -394,7 +456,8 @@ def parse_prompt(text: str) -> ParsedPrompt:
     """Split a text-to-image prompt into phrases (Eq. 4) and give each an ancestor (Algorithm 1).
 
     Every word of the prompt is in exactly one phrase. Raises :class:`EmptyPromptError` when
-    the prompt has no word, :class:`TaggerUnavailableError` when the POS tagger is missing.
+    the prompt has no word, :class:`TaggerUnavailableError` / :class:`StopwordsUnavailableError`
+    when NLTK's tagger / stop words are missing.
     """
     if not isinstance(text, str):
         raise TypeError(f"prompt must be a str, got {type(text).__name__}")
@@ -402,6 +465,7 @@ def parse_prompt(text: str) -> ParsedPrompt:
     tokens = _tokenize(clean_text)
     if not any(is_word(token) for token in tokens):
         raise EmptyPromptError(f"prompt {text!r} has no words to parse; give a non-empty prompt.")
+    spans = tuple(span for token, span in zip(tokens, align_tokens(tokens, clean_text), strict=True) if is_word(token))
     tree = build_tree(_tag(tokens))
     leaf_positions = tree.treepositions("leaves")
     words = tuple(word for word, _ in tree.leaves())
@@ -413,13 +477,26 @@ def parse_prompt(text: str) -> ParsedPrompt:
         if isinstance(tree[position], Tree) and _is_base_np(tree[position]) and heads[position] is not None
     )
     if not nouns:
-        whole = Phrase(" ".join(words), tuple(range(len(words))), None, None, 0)
-        return ParsedPrompt(text, clean_text, words, tags, tree, (whole,))
-    word_phrase = assign_words(leaf_positions, nouns)
-    ancestors = phrase_ancestors(tree, leaf_index, word_phrase, heads, len(nouns))
-    ancestors = break_cycles(ancestors, [len(leaf_positions[noun]) for noun in nouns])
-    phrases = []
-    for index, noun in enumerate(nouns):
-        members = tuple(word for word, phrase in enumerate(word_phrase) if phrase == index)
-        phrases.append(Phrase(" ".join(words[w] for w in members), members, words[noun], noun, ancestors[index]))
-    return ParsedPrompt(text, clean_text, words, tags, tree, tuple(phrases))
+        phrases = [_phrase(words, tuple(range(len(words))), None, 0)]
+    else:
+        word_phrase = assign_words(leaf_positions, nouns)
+        ancestors = phrase_ancestors(tree, leaf_index, word_phrase, heads, len(nouns))
+        ancestors = break_cycles(ancestors, [len(leaf_positions[noun]) for noun in nouns])
+        phrases = [
+            _phrase(words, tuple(word for word, phrase in enumerate(word_phrase) if phrase == index), noun, ancestors[index])
+            for index, noun in enumerate(nouns)
+        ]
+    return ParsedPrompt(text, clean_text, words, spans, tags, tree, tuple(phrases))
+
+
+def _phrase(words: Sequence[str], members: tuple[int, ...], noun: Optional[int], ancestor: int) -> Phrase:
+    content = tuple(index for index in members if is_content_word(words[index]))
+    return Phrase(
+        text=" ".join(words[index] for index in members),
+        word_indices=members,
+        noun=None if noun is None else words[noun],
+        noun_index=noun,
+        ancestor=ancestor,
+        content=" ".join(words[index] for index in content),
+        content_indices=content,
+    )

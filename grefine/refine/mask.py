@@ -1,13 +1,18 @@
 """The stage-1 decisions of G-Refine (§3.3, Eq. 9): where to refine and how strongly.
 
-Eq. 9 conditions stage 1 as ``z1 = (p + a)/2 · QKV(prompt, Bi(1 − P + A))``:
+Eq. 9 conditions stage 1 as ``z1 = (p + a)/2 · QKV(prompt, Bi(1 − P + A))``, where ``1 − P`` is
+the perceptual defect and the paper's ``A`` (Eq. 6, built from the defective phrases' maps) is
+the alignment defect map ``D`` of :class:`~grefine.maps.aq_map.AQMapResult`:
 
-* :func:`binarize` is ``Bi(·)``, the inpainting mask, with its dilation and feathering;
+* :func:`binarize` is ``Bi(·)``, the inpainting mask: the union of the perceptual region
+  ``P < perceptual_bound`` and the alignment region ``D > alignment_bound`` (the authors'
+  notebook binarises the two maps separately and joins them), dilated and feathered;
 * :func:`stage1_strength` is our reading of the ``(p + a)/2`` factor (a denoising strength).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -17,7 +22,7 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class MaskResult:
-    """``Bi(1 − P + A)`` of Eq. 9, at the image size.
+    """``Bi(1 − P + D)`` of Eq. 9, at the image size.
 
     Attributes:
         binary: bool H×W, the thresholded and dilated mask: where stage 1 redraws (the
@@ -42,20 +47,27 @@ class MaskResult:
 
 def binarize(
     P: np.ndarray,
-    A: np.ndarray,
+    D: np.ndarray,
     *,
-    threshold: float = 0.75,
+    perceptual_bound: float = 0.5,
+    alignment_bound: float = 2.0 / 3.0,
     dilation: float = 16.0,
     feather: float = 4.0,
 ) -> MaskResult:
-    """Eq. 9's ``Bi(1 − P + A)``: the region that stage 1 refines.
+    """Eq. 9's ``Bi(1 − P + D)``: the region that stage 1 refines,
+    ``(P < perceptual_bound) | (D > alignment_bound)``, dilated and feathered.
+
+    An image that is good everywhere (``P ≥ perceptual_bound``) with no alignment defect
+    (``D = 0``) gets an empty mask; a defect region enters the mask whatever P is there; adding
+    a defect (raising D anywhere) never removes a pixel; two defects give the union of their
+    regions.
 
     Args:
         P: PQ-Map, float H×W in [0, 1], high = good perceptual quality.
-        A: AQ-Map, float H×W in [0, 1]: 1 everywhere when no phrase is defective; otherwise
-            the product of the defective phrases' region maps (high on the region to redraw).
-        threshold: the map ``M = (1 − P + A)/2`` (in [0, 1]) is binarised as ``M > threshold``.
-            The default 0.75 means: where ``A = 1``, refine the pixels with ``P < 0.5``.
+        D: AQ-Map's defect map, float H×W in [0, 1]: 0 where no defective phrase is drawn,
+            high on the regions of the missing or mismatched objects.
+        perceptual_bound: pixels with ``P`` below it are perceptually defective.
+        alignment_bound: pixels with ``D`` above it are alignment defects.
         dilation: radius in pixels (Euclidean disk) by which the binary mask grows, so that the
             seams of a defect are redrawn too and the mask survives the 8× latent downsampling.
             Default 16 px (1.6 % of a 1024² image's side, 3 % of 512²); 0 disables it.
@@ -67,12 +79,12 @@ def binarize(
         A :class:`MaskResult` (binary = dilated mask, soft = its feathered version).
     """
     P = np.asarray(P, dtype=np.float32)
-    A = np.asarray(A, dtype=np.float32)
-    if P.shape != A.shape or P.ndim != 2:
-        raise ValueError(f"P and A must be H×W maps of one shape, got {P.shape} and {A.shape}")
+    D = np.asarray(D, dtype=np.float32)
+    if P.shape != D.shape or P.ndim != 2:
+        raise ValueError(f"P and D must be H×W maps of one shape, got {P.shape} and {D.shape}")
     if dilation < 0 or feather < 0:
         raise ValueError(f"dilation and feather must be ≥ 0, got {dilation} and {feather}")
-    binary = (1.0 - P + A) / 2.0 > threshold
+    binary = (P < perceptual_bound) | (D > alignment_bound)
     if dilation > 0 and binary.any():
         binary = ndimage.distance_transform_edt(~binary) <= dilation
     soft = binary.astype(np.float32)
@@ -85,7 +97,7 @@ def binarize(
 
 
 def stage1_strength(
-    p: float, a: float, *, min_strength: float = 0.3, max_strength: float = 0.9
+    p: Optional[float], a: Optional[float], *, min_strength: float = 0.3, max_strength: float = 0.9
 ) -> float:
     """Stage-1 denoising strength from the global scores, our reading of Eq. 9's ``(p + a)/2``.
 
@@ -96,9 +108,13 @@ def stage1_strength(
 
         strength1 = clip(max_strength · (1 − (p + a)/2), min_strength, max_strength)
 
+    A score left out (None: its map is switched off, the Table 8 ablation) is not an indicator
+    any more: the quality is the other score alone (``p`` or ``a``), or 1 when both are out.
+    ``min_strength = max_strength`` gives a fixed strength (the authors' notebook: 0.9).
+
     Args:
-        p: global perceptual quality (PQ-Map score), in [0, 1].
-        a: global alignment quality (AQ-Map score, Eq. 8), in [0, 1].
+        p: global perceptual quality (PQ-Map score), in [0, 1], or None.
+        a: global alignment quality (AQ-Map score, Eq. 8), in [0, 1], or None.
         min_strength: floor, so that a masked region is always redrawn noticeably.
         max_strength: ceiling (reached when p = a = 0); ≤ 1.
 
@@ -110,5 +126,6 @@ def stage1_strength(
         raise ValueError(
             f"need 0 < min_strength ≤ max_strength ≤ 1, got {min_strength}, {max_strength}"
         )
-    quality = (float(p) + float(a)) / 2.0
+    scores = [float(score) for score in (p, a) if score is not None]
+    quality = sum(scores) / len(scores) if scores else 1.0
     return float(np.clip(max_strength * (1.0 - quality), min_strength, max_strength))

@@ -73,7 +73,7 @@ class Stage1Result:
 
 
 class InpaintStage1:
-    """Stage 1 of G-Refine (Eq. 9-10): SDXL-inpainting of ``Bi(1 − P + A)`` with the
+    """Stage 1 of G-Refine (Eq. 9-10): SDXL-inpainting of ``Bi(1 − P + D)`` with the
     AQ-Map-emphasised prompt, at a strength from (p, a), for n1 denoising steps.
 
     Resolution: the image is resized so that its long side is ``resolution`` (SDXL's native
@@ -83,9 +83,15 @@ class InpaintStage1:
     Paste-back: the output is ``original · (1 − soft) + generated · soft`` with the mask's soft
     weight, so every pixel whose weight is 0 is bit-for-bit the input pixel.
 
-    Prompt emphasis (Eq. 7): for an :class:`~grefine.maps.aq_map.EmphasizedPrompt` the pipeline's own
-    ``encode_prompt`` gives ``E(prompt) + weight · Σ_j E(phrase_j)`` for the token embeddings and
-    the pooled embeddings alike; the negative (unconditional) embeddings are those of the prompt.
+    Prompt emphasis (Eq. 7): an :class:`~grefine.maps.aq_map.EmphasizedPrompt` is encoded with
+    ``compel`` (the prompt-weighting library; :func:`emphasized_embeddings`): for both SDXL text
+    encoders, the tokens of each emphasised span get ``E_∅ + w·(E − E_∅)`` with ``w = 1 + weight``
+    and ``E_∅`` the empty prompt's embedding at that position — what ``(phrase:1.1)`` means in
+    prompt weighting — and every other token keeps the pipeline's own ``encode_prompt`` embedding.
+    The pooled embedding, which has no token positions, becomes
+    ``pooled + weight · Σ_j (pooled(phrase_j) − pooled(""))``. The negative (unconditional)
+    embeddings are the pipeline's own (zeros for SDXL-inpainting). Prompts are truncated to the
+    77-token context, as ``encode_prompt`` does.
     """
 
     def __init__(self, pipe: StableDiffusionXLInpaintPipeline, *, resolution: int | None = 1024):
@@ -158,7 +164,7 @@ class InpaintStage1:
 
         Args:
             image: the image to refine (any mode; treated as RGB).
-            prompt: the generation prompt, or AQ-Map's emphasised prompt.
+            prompt: the generation prompt, or AQ-Map's emphasised prompt (Eq. 7).
             mask: :func:`binarize`'s output at the image size.
             strength: denoising strength, e.g. :func:`stage1_strength`.
             num_steps: n1, the denoising steps to *run* (default 10: half the paper's 20);
@@ -201,7 +207,7 @@ class InpaintStage1:
             guidance_scale=guidance_scale,
             generator=generator,
             callback_on_step_end=count_step,
-            **self._prompt_embeds(prompt, do_cfg=guidance_scale > 1.0),
+            **self._prompt_embeds(prompt),
         ).images[0]
         refined = paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
         return Stage1Result(refined, True, steps_run, strength, time.perf_counter() - start)
@@ -211,27 +217,45 @@ class InpaintStage1:
         scale = 1.0 if self.resolution is None else self.resolution / max(size)
         return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
 
-    @torch.no_grad()
-    def _prompt_embeds(self, prompt: str | EmphasizedPrompt, *, do_cfg: bool) -> dict:
-        """Eq. 7 in embedding space: ``E(prompt) + weight · Σ_j E(phrase_j)``."""
+    def _prompt_embeds(self, prompt: str | EmphasizedPrompt) -> dict:
+        """The prompt arguments of the pipeline call: plain text, or Eq. 7's embeddings."""
         if isinstance(prompt, str):
-            prompt = EmphasizedPrompt(prompt)
-        device = self.pipe._execution_device
-        embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
-            prompt.prompt, device=device, do_classifier_free_guidance=do_cfg
+            return {"prompt": prompt}
+        if not prompt.spans:
+            return {"prompt": prompt.text}
+        embeds, pooled = emphasized_embeddings(self.pipe, prompt)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+@torch.no_grad()
+def emphasized_embeddings(pipe: StableDiffusionXLInpaintPipeline, prompt: EmphasizedPrompt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7 for an SDXL pipeline: ``(prompt_embeds (1, 77, 2048), pooled_prompt_embeds (1, 1280))``
+    with the emphasis of the class docstring, built with ``compel`` from ``prompt.fragments()``
+    (no prompt-syntax parsing, so the prompt's own characters are never read as weights)."""
+    from compel import Compel, ReturnedEmbeddingsType
+    from compel.prompt_parser import FlattenedPrompt
+
+    device = pipe._execution_device
+    dtype = pipe.text_encoder_2.dtype
+    encoders = [
+        Compel(
+            tokenizer=tokenizer,
+            text_encoder=encoder,
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            dtype_for_device_getter=lambda _: dtype,
+            truncate_long_prompts=True,
+            device=str(device),
         )
-        for phrase in prompt.phrases:
-            phrase_embeds, _, phrase_pooled, _ = self.pipe.encode_prompt(
-                phrase, device=device, do_classifier_free_guidance=False
-            )
-            embeds = embeds + prompt.weight * phrase_embeds
-            pooled = pooled + prompt.weight * phrase_pooled
-        return {
-            "prompt_embeds": embeds,
-            "pooled_prompt_embeds": pooled,
-            "negative_prompt_embeds": negative,
-            "negative_pooled_prompt_embeds": negative_pooled,
-        }
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    ]
+    weighted = FlattenedPrompt(prompt.fragments())
+    embeds = torch.cat([compel.build_conditioning_tensor_for_prompt_object(weighted)[0][0] for compel in encoders], dim=-1)
+    pooled_of = encoders[1].conditioning_provider.get_pooled_embeddings
+    pooled = pooled_of([prompt.text], device=str(device))
+    if prompt.phrases:
+        phrases = pooled_of(list(prompt.phrases), device=str(device))
+        pooled = pooled + prompt.weight * (phrases - pooled_of([""], device=str(device))).sum(dim=0, keepdim=True)
+    return embeds.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype)
 
 
 def paste_back(original: Image.Image, generated: Image.Image, weight: np.ndarray) -> Image.Image:
