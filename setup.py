@@ -16,6 +16,10 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "scikit-image",
+    "scipy",
+    # scripts/train_pq_map.py: its training-log plot and .xlsx label tables.
+    "matplotlib",
+    "openpyxl",
     # pyiqa's CLIP-based metrics (clipiqa, liqe, clipscore) import pkg_resources, gone from setuptools 81.
     "setuptools<81",
     # pyiqa's Q-Align imports icecream.
