@@ -295,3 +295,36 @@ def test_empty_split_after_unreadable_images_is_an_error(tiny_clip, tmp_path):
     model, tokenizer = tiny_clip
     with pytest.raises(TrainingDataError, match="could not be read"):
         train_pq_prompts(model, QualityPromptLearner.from_text_pair(model, tokenizer), data, tmp_path / "out", TrainConfig(epochs=1), progress=False)
+
+
+def test_xlsx_tables_and_a_separate_validation_table(blur_db, tmp_path):
+    from openpyxl import Workbook
+
+    names = sorted(p.name for p in blur_db.glob("*.png"))
+    for split, chosen in (("train", names[:5]), ("val", names[5:8])):
+        book = Workbook()
+        sheet = book.active
+        sheet.append(["name", "prompt", "mos"])  # 'name' is found without --image-column
+        for index, name in enumerate(chosen):
+            sheet.append([name, "a photo", float(index)])
+        sheet.append([names[9], "a photo", None])  # no score: skipped
+        book.save(tmp_path / f"{split}.xlsx")
+    data = prepare_training_data(tmp_path / "train.xlsx", blur_db, "mos", val=tmp_path / "val.xlsx")
+    assert [item.name for item in data.train] == names[:5] and [item.name for item in data.val] == names[5:8]
+    assert [item.score for item in data.val] == [0.0, 1.0, 2.0]
+    assert [s.row for s in data.skipped] == [6, 4] and all("not a number" in s.reason for s in data.skipped)
+
+
+def test_hflip_caches_the_mirrored_view_exactly(blur_db, tiny_clip, tmp_path):
+    from PIL import ImageOps
+
+    from grefine.maps.clip_surgery import vvv_surgery
+    from grefine.train.features import encode_images
+
+    source = sorted(blur_db.glob("*.png"))[0]
+    ImageOps.mirror(Image.open(source)).save(tmp_path / "mirrored.png")
+    surgery = vvv_surgery(tiny_clip[0], num_blocks=1)
+    both = encode_images(surgery, [source], hflip=True, progress=False).features
+    mirrored = encode_images(surgery, [tmp_path / "mirrored.png"], progress=False).features
+    assert both.shape[:2] == (1, 2) and torch.allclose(both[0, 1], mirrored[0, 0], atol=1e-6)
+    assert not torch.allclose(both[0, 0], both[0, 1], atol=1e-3)
