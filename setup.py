@@ -18,9 +18,9 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "scikit-image",
-    # score evaluation: correlations and the logistic fit (scipy), scatter and gate plots (matplotlib).
-    "scipy",
-    "matplotlib",
+    "scipy",  # correlations, the logistic fit, mask morphology
+    "matplotlib",  # scatter, gate and training-log plots
+    "openpyxl",  # .xlsx label tables (AGIQA-1K, AIGIQA-20K, training data)
     # pyiqa's CLIP-based metrics (clipiqa, liqe, clipscore) import pkg_resources, gone from setuptools 81.
     "setuptools<81",
     # pyiqa's Q-Align imports icecream.

@@ -110,7 +110,8 @@ def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *size)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)`` and move the result onto ``path``: complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -126,7 +127,7 @@ def save_image_atomic(image: Image.Image, path: PathLike) -> None:
     """Write ``image`` to ``path`` so that the file is either complete or absent."""
     path = Path(path)
     file_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    _atomic_write(path, lambda tmp: image.save(tmp, format=file_format))
+    atomic_write(path, lambda tmp: image.save(tmp, format=file_format))
 
 
 def write_text_atomic(text: str, path: PathLike) -> None:
@@ -137,7 +138,7 @@ def write_text_atomic(text: str, path: PathLike) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def map_to_image(values: np.ndarray) -> Image.Image:

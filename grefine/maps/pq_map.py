@@ -91,9 +91,10 @@ class QualityPrompts:
     source: str
 
 
-def _assemble_pair(params: dict[str, torch.Tensor]) -> torch.Tensor:
+def assemble_pair(params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The authors' 77-token layout: prefix(1) + ctx[:8] + class-name tokens suffix[:3] +
-    ctx[8:] + suffix[3:]; returns (2, 77, width)."""
+    ctx[8:] + suffix[3:]; returns (2, 77, width). Differentiable in ``ctx`` (the trainer of
+    :mod:`grefine.train` learns through it)."""
     ctx = params["prompt_learner.ctx"]
     prefix = params["prompt_learner.token_prefix"]
     suffix = params["prompt_learner.token_suffix"]
@@ -103,8 +104,8 @@ def _assemble_pair(params: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
-def load_embedding_file(path: PathLike) -> torch.Tensor:
-    """Load one official ``PQ-<factor>.pth`` file as a (2, 77, width) float32 tensor.
+def load_embedding_params(path: PathLike) -> dict[str, torch.Tensor]:
+    """The three float32 tensors of one official ``PQ-<factor>.pth`` file, by their keys.
 
     Raises :class:`QualityEmbeddingError` naming the file when it is missing, not a torch file,
     or does not hold ``{"params": {ctx (2,16,w), token_prefix (2,1,w), token_suffix (2,60,w)}}``.
@@ -131,7 +132,13 @@ def load_embedding_file(path: PathLike) -> torch.Tensor:
         if width is not None and value.shape[2] != width:
             raise QualityEmbeddingError(f"{path}: inconsistent widths across the prompt tensors.")
         width = value.shape[2]
-    return _assemble_pair({k: params[k].float() for k in EMBEDDING_SHAPES})
+    return {k: params[k].float() for k in EMBEDDING_SHAPES}
+
+
+def load_embedding_file(path: PathLike) -> torch.Tensor:
+    """Load one official ``PQ-<factor>.pth`` file as a (2, 77, width) float32 tensor
+    (see :func:`load_embedding_params` for the checks)."""
+    return assemble_pair(load_embedding_params(path))
 
 
 def load_quality_prompts(folder: PathLike) -> QualityPrompts:
@@ -156,6 +163,19 @@ def text_pair_prompts(model: nn.Module, tokenizer, pairs: dict[str, tuple[str, s
         eot_positions=eot.view(len(QUALITY_FACTORS), 2),
         source="text pairs",
     )
+
+
+def quality_direction(model: nn.Module, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's text side ``T_p[..., 0] − T_p[..., 1]``: prompt pairs as token embeddings
+    (..., 2, L, width) with their EOT positions (..., 2) through the text tower (Eq. 2);
+    returns float32 (..., embed_dim). The text features are not normalised, as in the authors'
+    script, so that ``σ(normalised image token · direction)`` is the positive prompt's softmax
+    probability."""
+    lead = embeddings.shape[:-3]
+    flat = embeddings.reshape(-1, *embeddings.shape[-2:])
+    features = encode_text_embeddings(model, flat, eot_positions.reshape(-1)).float()
+    features = features.view(*lead, 2, features.shape[-1])
+    return features[..., 0, :] - features[..., 1, :]
 
 
 def cask_effect(probabilities: torch.Tensor, alpha: Sequence[float]) -> torch.Tensor:
@@ -271,10 +291,8 @@ class PQMap(nn.Module):
         """T_p[:, 0] − T_p[:, 1] for the 4 factors: (4, embed_dim)."""
         model = self.surgery.model
         weight = getattr(model, "text", model).token_embedding.weight
-        flat = prompts.embeddings.flatten(0, 1).to(device=weight.device, dtype=weight.dtype)
-        features = encode_text_embeddings(model, flat, prompts.eot_positions.flatten())
-        features = features.float().view(len(QUALITY_FACTORS), 2, -1)
-        return features[:, 0] - features[:, 1]
+        embeddings = prompts.embeddings.to(device=weight.device, dtype=weight.dtype)
+        return quality_direction(model, embeddings, prompts.eot_positions)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
