@@ -29,7 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.errors import MissingWeightsError  # noqa: E402
-from grefine.maps.pq_map import QUALITY_FACTORS, QualityEmbeddingError, load_embedding_params  # noqa: E402
+from grefine.maps.pq_map import (  # noqa: E402
+    QUALITY_FACTORS,
+    QualityEmbeddingError,
+    load_embedding_params,
+)
 from grefine.train import (  # noqa: E402
     DEFAULT_CLASS_TEXTS,
     QualityPromptLearner,

@@ -37,7 +37,7 @@ from grefine.train import (
 from grefine.train import trainer as trainer_module
 from grefine.train.log import LOG_COLUMNS
 from grefine.train.pq_prompts import class_text_problem
-from grefine.train.trainer import CHECKPOINT_NAME, correlations
+from grefine.train.trainer import CHECKPOINT_NAME, srcc_plcc
 from tests.conftest import REPO
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -146,7 +146,7 @@ def test_saved_prompts_are_the_best_epoch_in_the_official_format(trained, blur_d
     prompts = QualityPrompts(pair.expand(4, 2, -1, -1), torch.full((4, 2), EOT_POSITION), "trained")
     pq = PQMap(model, tokenizer, prompts, num_blocks=2, input_size=INPUT_SIZE)
     scores = [r.factor_scores["technical"] for r in pq([load_image(item.path) for item in data.val])]
-    srcc, plcc = correlations(scores, [item.score for item in data.val])
+    srcc, plcc = srcc_plcc(scores, [item.score for item in data.val])
     best = result.history[result.best_epoch]
     assert srcc == pytest.approx(best.val_srcc, abs=1e-6) and plcc == pytest.approx(best.val_plcc, abs=1e-5)
 

@@ -7,7 +7,13 @@ from grefine.train.dataset import TrainingData, TrainingDataError, prepare_train
 from grefine.train.log import EpochRecord
 from grefine.train.loss import clipiqa_plus_loss
 from grefine.train.pq_prompts import DEFAULT_CLASS_TEXTS, QualityPromptLearner
-from grefine.train.trainer import PromptTrainer, ResumeError, TrainConfig, TrainResult, train_pq_prompts
+from grefine.train.trainer import (
+    PromptTrainer,
+    ResumeError,
+    TrainConfig,
+    TrainResult,
+    train_pq_prompts,
+)
 
 __all__ = [
     "DEFAULT_CLASS_TEXTS",

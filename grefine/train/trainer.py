@@ -32,16 +32,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from grefine.eval.correlation import correlations
 from grefine.image_io import atomic_write, write_text_atomic
 from grefine.maps.clip_surgery import InputSize, vvv_surgery
 from grefine.maps.pq_map import QUALITY_FACTORS
-from grefine.train.dataset import ScoredImage, SkippedRow, TrainingData, check_split, fingerprint, normalize_scores
+from grefine.train.dataset import (
+    ScoredImage,
+    SkippedRow,
+    TrainingData,
+    check_split,
+    fingerprint,
+    normalize_scores,
+)
 from grefine.train.features import encode_images
 from grefine.train.log import EpochRecord, is_better, plot_log, write_log
 from grefine.train.loss import clipiqa_plus_loss
@@ -111,14 +118,11 @@ class TrainResult:
     skipped: list[SkippedRow] = field(default_factory=list)
 
 
-def correlations(pred: Sequence[float], target: Sequence[float]) -> tuple[float, float]:
-    """(SRCC, PLCC) of predictions against targets; NaN when undefined (constant input)."""
-    from scipy.stats import pearsonr, spearmanr
-
-    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(target) == 0:
-        return float("nan"), float("nan")
-    return float(spearmanr(pred, target).statistic), float(pearsonr(pred, target).statistic)
+def srcc_plcc(pred: Sequence[float], target: Sequence[float]) -> tuple[float, float]:
+    """(SRCC, PLCC after the VQEG logistic fit) of predictions against targets, through
+    :func:`grefine.eval.correlation.correlations` without bootstrap; NaN when undefined."""
+    result = correlations(pred, target, n_boot=0)
+    return result.srcc, result.plcc
 
 
 def prompts_path(output_dir: Path, factor: str) -> Path:
@@ -245,8 +249,8 @@ class PromptTrainer:
         self.learner.eval()
         train_pred, train_target = self.predict("train")
         val_pred, val_target = self.predict("val")
-        train_srcc, train_plcc = correlations(train_pred, train_target)
-        val_srcc, val_plcc = correlations(val_pred, val_target)
+        train_srcc, train_plcc = srcc_plcc(train_pred, train_target)
+        val_srcc, val_plcc = srcc_plcc(val_pred, val_target)
         return EpochRecord(
             epoch=epoch,
             loss=_batched_loss(train_pred, train_target, self.config.batch_size),
