@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "pillow",
     "pyyaml",
     "tqdm",
+    "psutil",  # the output-folder lock tells a live owner from a reused process id
     "scikit-image",
     # pyiqa's CLIP-based metrics (clipiqa, liqe, clipscore) import pkg_resources, gone from setuptools 81.
     "setuptools<81",
