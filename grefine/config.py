@@ -130,7 +130,9 @@ class Stage2Config:
 @dataclass
 class GRefineConfig:
     """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total);
-    ``max_pixels`` refuses larger images (width × height) from their header, before decoding."""
+    ``max_pixels`` refuses larger images (width × height) from their header, before decoding;
+    ``metric_resolution`` is the long side the metrics score at most (larger images, refined and
+    original alike, are downscaled for scoring; null: full size)."""
 
     device: str = "auto"
     dtype: str = field(default="auto", metadata=one_of("auto", "fp16", "bf16", "fp32"))
@@ -144,6 +146,7 @@ class GRefineConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     metrics: list[str] = field(default_factory=list)
+    metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     source: str = "<defaults>"
 
     @property

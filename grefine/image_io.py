@@ -159,6 +159,15 @@ def _tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     return _array_to_pil(array)
 
 
+def fit_long_side(image: Image.Image, max_side: Optional[int]) -> Image.Image:
+    """``image`` downscaled (Lanczos) so that its long side is at most ``max_side``; unchanged when
+    it already fits or ``max_side`` is None. The working size of a stage that must not grow with the image."""
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
+
+
 def to_clip_tensor(
     images: list[Image.Image],
     size: tuple[int, int],

@@ -19,6 +19,8 @@ source that builds :class:`~grefine.sources.WorkItem` objects. Whatever the sour
 * writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
   copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
   ``<name>.png``); maps go to ``maps/<name>.<kind>.png``, so no two items can collide;
+* works at a bounded size: images above ``max_pixels`` are refused from their header, and the
+  metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
 * splits the items round-robin over processes (:class:`Processes`, e.g. ``accelerate launch`` or
   ``torchrun``): each writes ``results.part<i>.csv`` and the main process merges them.
 """
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 from grefine.errors import RunInputError, printable
 from grefine.image_io import (
     copy_file_atomic,
+    fit_long_side,
     heatmap_overlay,
     load_image,
     map_to_image,
@@ -354,6 +357,14 @@ def _previous_rows(output_dir: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
+def _merge_results(output_dir: Path, metric_names: Sequence[str]) -> None:
+    """``results.csv`` := its rows and those of every part file (which are then removed)."""
+    parts = _part_files(output_dir)
+    write_results(output_dir / RESULTS_NAME, _previous_rows(output_dir).values(), metric_names)
+    for part in parts:
+        part.unlink()
+
+
 def write_results(path: Path, rows: Iterable[dict[str, object]], metric_names: Sequence[str]) -> None:
     """Atomically (re)write a results CSV with a stable column order (rows sorted by name)."""
     rows = list(rows)
@@ -403,11 +414,14 @@ def refine_one(
     metrics: Sequence[Metric] = (),
     seed: Optional[int] = 0,
     max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
 ) -> dict[str, object]:
     """Refine one item, write its image and maps, return its results row (raises on failure).
 
     The refined image keeps the input's format and metadata (:func:`grefine.image_io.save_image_atomic`);
     when the refiner changed no pixel and the format is kept, the input file is copied byte for byte.
+    Metrics score the original and the refined image downscaled alike to ``metric_resolution``
+    (long side; None: full size), so that their cost does not grow with the image.
     """
     start = time.perf_counter()
     original = load_image(item.image, max_pixels)
@@ -424,6 +438,7 @@ def refine_one(
     save_image_atomic(heatmap_overlay(original, result.pq.map), plan.map_path(item, "pq_overlay"))
     row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
     errors: list[str] = []
+    original, refined = fit_long_side(original, metric_resolution), fit_long_side(refined, metric_resolution)
     _score(metrics, original, item.prompt, original, "before", row, errors)
     _score(metrics, refined, item.prompt, original, "after", row, errors)
     row["metric_errors"] = "; ".join(errors)
@@ -443,6 +458,7 @@ def execute(
     metric_names: Sequence[str] = (),
     seed: Optional[int] = 0,
     max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
     processes: Processes = Processes(),
     progress: bool = True,
 ) -> RunSummary:
@@ -450,10 +466,7 @@ def execute(
     caller holds the :class:`OutputLock`. ``metric_names``: every requested metric (the columns)."""
     final_csv = plan.results_csv
     if processes.index == 0:  # every row so far into results.csv, before any is rewritten
-        parts = _part_files(plan.output_dir)
-        write_results(final_csv, _previous_rows(plan.output_dir).values(), metric_names)
-        for part in parts:
-            part.unlink()
+        _merge_results(plan.output_dir, metric_names)
     processes.barrier()
     previous = read_results(final_csv)
     single = processes.count == 1
@@ -472,26 +485,23 @@ def execute(
         try:
             if item.prompt is None:
                 raise RunItemError(item.error or f"{key}: no prompt.")
-            row = refine_one(models.refiner, item, plan, models.metrics, seed, max_pixels)
+            row = refine_one(models.refiner, item, plan, models.metrics, seed, max_pixels, metric_resolution)
             row["metric_errors"] = "; ".join(filter(None, [unavailable, str(row["metric_errors"])]))
-            if not single:
-                row["process"] = processes.index
             summary.done.append(key)
         except Exception as err:  # reported per item; the run goes on
             message = printable(str(err) if isinstance(err, RunItemError) else f"{type(err).__name__}: {err}")
             row = {"name": item.name, "prompt": item.prompt or "", "error": message}
             summary.failed[key] = message
             tqdm.write(f"[grefine] {key}: {message}")
+        if not single:
+            row["process"] = processes.index
         rows[key] = row
         write_results(part_csv, rows.values(), metric_names)
     if single:
         return summary
     processes.barrier()
     if processes.index == 0:
-        parts = _part_files(plan.output_dir)
-        write_results(final_csv, _previous_rows(plan.output_dir).values(), metric_names)
-        for part in parts:
-            part.unlink()
+        _merge_results(plan.output_dir, metric_names)
     return RunSummary(results_csv=final_csv).merged(processes.gather(summary))
 
 
@@ -506,6 +516,7 @@ def run_items(
     metric_names: Sequence[str] = (),
     seed: Optional[int] = 0,
     max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
     processes: Processes = Processes(),
     progress: bool = True,
 ) -> RunSummary:
@@ -526,6 +537,7 @@ def run_items(
         protected: other input files that no output may replace (e.g. the prompts file).
         metric_names: every requested metric (the ``results.csv`` columns).
         max_pixels: larger images become failed rows, refused from their header.
+        metric_resolution: long side the metrics score at most (None: full size).
         processes: this process among the run's processes (default: one).
     """
     plan = plan_run(items, output_dir, mode=mode, output_format=output_format, protected=protected)
@@ -541,7 +553,16 @@ def run_items(
         raise RunInputError(refusal)
     try:
         models = load()
-        return execute(plan, models, metric_names=metric_names, seed=seed, max_pixels=max_pixels, processes=processes, progress=progress)
+        return execute(
+            plan,
+            models,
+            metric_names=metric_names,
+            seed=seed,
+            max_pixels=max_pixels,
+            metric_resolution=metric_resolution,
+            processes=processes,
+            progress=progress,
+        )
     finally:
         lock.release()
 

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             metric_names=names,
             seed=config.seed,
             max_pixels=config.max_pixels,
+            metric_resolution=config.metric_resolution,
             processes=Processes.from_accelerate(state),
             progress=not args.no_progress and state.is_local_main_process,
         )

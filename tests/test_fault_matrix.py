@@ -28,6 +28,7 @@ from PIL import Image, ImageCms, JpegImagePlugin
 
 from grefine.image_io import as_rgb_image, load_image
 from grefine.pipeline import GRefinePipeline
+from grefine.runner import run_folder
 from grefine.sources import scan_folder
 from grefine.testing import build_tiny_pasd_stage2
 from tests.conftest import REPO
@@ -527,6 +528,26 @@ def test_smoke_config_runs_a_1024_image_at_bounded_working_sizes(tiny_pipeline):
             hook.remove()
     assert out.image.size == (1024, 1024) and out.stage1.ran and out.stage2_steps > 0
     assert max(sizes["stage1"]) <= 64 // 2 and max(sizes["stage2"]) <= 64 // 8  # latents of 64 px working images
+
+
+def test_metrics_score_at_a_bounded_size(tmp_path, tiny_pipeline):
+    class Recorder:
+        name = "sizes"
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, image, prompt=None, reference=None):
+            self.seen.append((image.size, reference.size))
+            return 0.0
+
+    inputs = tmp_path / "in"
+    _image(inputs / "wide.png", size=(300, 100))
+    (inputs / "wide.txt").write_text("a red cube")
+    recorder = Recorder()
+    summary = run_folder(tiny_pipeline, inputs, tmp_path / "out", metrics=[recorder], metric_names=["sizes"], metric_resolution=60, progress=False)
+    assert summary.ok and recorder.seen == [((60, 20), (60, 20))] * 2  # before and after, downscaled alike
+    assert Image.open(tmp_path / "out" / "wide.png").size == (300, 100)
 
 
 @pytest.mark.parametrize("case", ["empty-folder", "only-unsupported-files"])

@@ -41,6 +41,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from grefine.image_io import fit_long_side
+
 from .color_fix import ColorFix, apply_color_fix
 from .controlnet import PASDControlNetModel
 from .loading import load_component, load_pasd_model
@@ -201,14 +203,11 @@ class PASDStage2(DiffusionPipeline):
         and no larger than ``max_resolution`` on its long side."""
         if target_size != image.size:
             image = image.resize(target_size, Image.BICUBIC)
-        process_size, max_resolution = self.config.process_size, self.config.max_resolution
+        process_size = self.config.process_size
         if process_size and min(image.size) < process_size:
             scale = process_size / min(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        if max_resolution and max(image.size) > max_resolution:
-            scale = max_resolution / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
-        return image
+        return fit_long_side(image, self.config.max_resolution)
 
     def _restore(
         self,
