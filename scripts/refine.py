@@ -73,7 +73,7 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
     known = list_metrics()
     unknown = [name for name in names if name.lower() not in known]
     if unknown:
-        hints = [f"{name} -> {close[0]}" for name in unknown if (close := difflib.get_close_matches(name.lower(), known, n=1))]
+        hints = [close[0] for name in unknown if (close := difflib.get_close_matches(name.lower(), known, n=1))]
         raise RunInputError(
             f"{where}: unknown metric(s) {', '.join(unknown)}{' (did you mean ' + ', '.join(hints) + '?)' if hints else ''}; "
             "the names are those of grefine.eval.metrics.list_metrics(), e.g. psnr, ssim, piqe, clipiqa, musiq."
