@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "pillow",
     "pyyaml",
     "tqdm",
+    "psutil",  # the output-folder lock tells a live owner from a reused process id
     "scikit-image",
     "scipy",  # correlations, the logistic fit, mask morphology
     "matplotlib",  # scatter, gate and training-log plots

@@ -4,27 +4,64 @@ Every section maps to one component; unknown keys are an error naming the key, t
 the file, so that a typo never silently falls back to a default. ``tiny_random: true`` in a
 section builds that component from :mod:`grefine.testing` instead of loading weights (the
 smoke configuration ``configs/tiny-random.yaml``); a real run never sets it.
+
+Every value is checked when the config loads, before any model: its type is the field's
+annotation (an ``int`` field refuses ``"four"``, a ``list[str]`` field refuses a bare string),
+and a field declares its allowed values in its metadata, ``field(default=..., metadata=within(0, 1))``
+or ``metadata=one_of("a", "b")``; a new field is checked by declaring them there.
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
-from grefine.maps.aq_map import (
-    DEFAULT_A_BOUND,
-    DEFAULT_BETA,
-    DEFAULT_MARGIN,
-    EMPHASIS_WEIGHT,
-)
+from grefine.image_io import MIN_SIDE
+from grefine.maps.aq_map import DEFAULT_A_BOUND, DEFAULT_BETA, DEFAULT_MARGIN, EMPHASIS_WEIGHT
 from grefine.maps.pq_map import DEFAULT_ALPHA
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""Largest image (width × height) a run accepts by default: 16.8 Mpx, e.g. 4096×4096 or 5000×3300."""
 
 
 class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of a numeric config value (of each element, for a list)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        return f"{'<' if self.high_open else '≤'} {self.high:g}"
+
+
+def within(low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False, high_open: bool = False) -> dict:
+    """Field metadata: the value (each element of a list) lies in this range; ``None`` = unbounded."""
+    return {"bound": Bound(low, high, low_open, high_open)}
+
+
+def one_of(*choices: object) -> dict:
+    """Field metadata: the value is one of ``choices``."""
+    return {"choices": choices}
 
 
 @dataclass
@@ -35,11 +72,11 @@ class PQMapConfig:
     model_name: str = "ViT-B-16"
     pretrained: Optional[str] = "openai"
     embeddings: Optional[str] = "checkpoints/pq_embeddings"
-    num_blocks: int = 6
-    attention: str = "vvv"
-    alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA))
+    num_blocks: int = field(default=6, metadata=within(1))
+    attention: str = field(default="vvv", metadata=one_of("vvv", "vvv_l2"))
+    alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA), metadata=within(0, 1, low_open=True))
     input_size: Any = None
-    map_normalization: str = "none"
+    map_normalization: str = field(default="none", metadata=one_of("none", "minmax"))
     tiny_random: bool = False
 
 
@@ -50,11 +87,11 @@ class AQMapConfig:
 
     model_name: str = "ViT-B-16"
     pretrained: Optional[str] = "openai"
-    num_blocks: int = 6
-    a_bound: float = DEFAULT_A_BOUND
-    beta: float = DEFAULT_BETA
-    margin: float = DEFAULT_MARGIN
-    emphasis: float = EMPHASIS_WEIGHT
+    num_blocks: int = field(default=6, metadata=within(1))
+    a_bound: float = field(default=DEFAULT_A_BOUND, metadata=within(0, 1))
+    beta: float = field(default=DEFAULT_BETA, metadata=within(0, low_open=True))
+    margin: float = field(default=DEFAULT_MARGIN, metadata=within(0))
+    emphasis: float = field(default=EMPHASIS_WEIGHT, metadata=within(0))
     tiny_random: bool = False
 
 
@@ -63,10 +100,10 @@ class MaskConfig:
     """Eq. 9's Bi(1 − P + D) = ``(P < perceptual_bound) | (D > alignment_bound)``, dilated and
     feathered; see :func:`grefine.refine.mask.binarize`."""
 
-    perceptual_bound: float = 0.5
-    alignment_bound: float = 2.0 / 3.0
-    dilation: float = 16.0
-    feather: float = 4.0
+    perceptual_bound: float = field(default=0.5, metadata=within(0, 1))
+    alignment_bound: float = field(default=2.0 / 3.0, metadata=within(0, 1))
+    dilation: float = field(default=16.0, metadata=within(0))
+    feather: float = field(default=4.0, metadata=within(0))
 
 
 @dataclass
@@ -77,11 +114,11 @@ class Stage1Config:
 
     model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     variant: Optional[str] = "fp16"
-    resolution: Optional[int] = 1024
-    guidance_scale: float = 7.5
-    min_strength: float = 0.3
-    max_strength: float = 0.9
-    steps: Optional[int] = None
+    resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
+    guidance_scale: float = field(default=7.5, metadata=within(0))
+    min_strength: float = field(default=0.3, metadata=within(0, 1, low_open=True))
+    max_strength: float = field(default=0.9, metadata=within(0, 1, low_open=True))
+    steps: Optional[int] = field(default=None, metadata=within(1))
     prompt_suffix: str = ""
     tiny_random: bool = False
 
@@ -90,13 +127,15 @@ class Stage1Config:
 class Stage2Config:
     """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ for ``steps``
     denoising steps (None = n2 of Eq. 10); ``options`` go to
-    :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`."""
+    :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`. ``max_resolution`` bounds the long
+    side PASD works at (null: the image's own, up to ``max_pixels``)."""
 
-    type: Optional[str] = "pasd"
+    type: Optional[str] = field(default="pasd", metadata=one_of("pasd", None))
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     pasd_model: str = "checkpoints/pasd"
-    strength: float = 0.1
-    steps: Optional[int] = None
+    strength: float = field(default=0.1, metadata=within(0, 1))
+    steps: Optional[int] = field(default=None, metadata=within(1))
+    max_resolution: Optional[int] = field(default=2048, metadata=within(MIN_SIDE))
     options: dict[str, Any] = field(default_factory=dict)
     tiny_random: bool = False
 
@@ -115,12 +154,16 @@ class AblationConfig:
 
 @dataclass
 class GRefineConfig:
-    """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total)."""
+    """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total);
+    ``max_pixels`` refuses larger images (width × height) from their header, before decoding;
+    ``metric_resolution`` is the long side the metrics score at most (larger images, refined and
+    original alike, are downscaled for scoring; null: full size)."""
 
     device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    total_steps: int = 20
+    dtype: str = field(default="auto", metadata=one_of("auto", "fp16", "bf16", "fp32"))
+    seed: int = field(default=0, metadata=within(0))
+    total_steps: int = field(default=20, metadata=within(2))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=within(MIN_SIDE * MIN_SIDE))
     cpu_offload: bool = False
     pq_map: PQMapConfig = field(default_factory=PQMapConfig)
     aq_map: AQMapConfig = field(default_factory=AQMapConfig)
@@ -129,6 +172,7 @@ class GRefineConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     metrics: list[str] = field(default_factory=list)
+    metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     source: str = "<defaults>"
 
     @property
@@ -143,7 +187,9 @@ class GRefineConfig:
         if not path.is_file():
             raise ConfigError(f"config {path}: no such file (the shipped ones are in configs/).")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config {path}: not valid YAML ({err}).") from err
         return cls.from_dict(data, source=str(path))
@@ -152,52 +198,84 @@ class GRefineConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "GRefineConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config {source}: expected a mapping at the top level.")
-        config = _build(cls, {k: v for k, v in data.items()}, source, "")
+        config = _build(cls, data, source, "")
         config.source = source
-        if config.total_steps < 2:
-            raise ConfigError(f"config {source}: total_steps must be at least 2 (one per stage).")
-        if not 0.0 <= config.stage2.strength <= 1.0:
-            raise ConfigError(f"config {source}: stage2.strength (δ) must lie in [0, 1].")
-        _check_refinement(config, source)
+        if config.stage1.min_strength > config.stage1.max_strength:
+            raise ConfigError(
+                f"config {source}: stage1.min_strength ({config.stage1.min_strength:g}) must not exceed "
+                f"stage1.max_strength ({config.stage1.max_strength:g})."
+            )
         return config
 
 
-def _check_refinement(config: GRefineConfig, source: str) -> None:
-    """Range checks of the mask bounds, AQ-Map bounds, stage-1 strengths and per-stage steps."""
+def check_value(kind: type, name: str, value: Any, where: str) -> Any:
+    """``value`` checked against field ``name`` of the config dataclass ``kind``: its annotated
+    type (an int given for a float field becomes a float) and its declared range or choices.
+    Raises :class:`ConfigError` starting with ``where`` (e.g. ``config x.yaml: mask.perceptual_bound``)."""
+    spec = next(f for f in dataclasses.fields(kind) if f.name == name)
+    annotation = typing.get_type_hints(kind)[name]
+    checked = _typed(value, annotation)
+    if checked is _WRONG:
+        hint = f"; write it as a list, e.g. [{value}]" if typing.get_origin(annotation) is list and isinstance(value, (str, int, float)) else ""
+        raise ConfigError(f"{where} must be {_describe(annotation)}, got {value!r} ({_yaml_kind(value)}){hint}.")
+    choices = spec.metadata.get("choices")
+    if choices is not None and checked not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join('null' if c is None else str(c) for c in choices)}; got {value!r}.")
+    bound = spec.metadata.get("bound")
+    if bound is not None:
+        for number in checked if isinstance(checked, list) else [checked]:
+            if number is not None and number not in bound:
+                raise ConfigError(f"{where} must be {bound}, got {number:g}.")
+    return checked
 
-    def unit(value) -> bool:
-        return 0.0 <= value <= 1.0
 
-    def optional_count(value) -> bool:
-        return value is None or (isinstance(value, int) and value >= 1)
+_WRONG = object()
 
-    mask, aq, stage1 = config.mask, config.aq_map, config.stage1
-    checks = [
-        ("mask.perceptual_bound", mask.perceptual_bound, unit, "lie in [0, 1]"),
-        ("mask.alignment_bound", mask.alignment_bound, unit, "lie in [0, 1]"),
-        ("mask.dilation", mask.dilation, lambda v: v >= 0, "be ≥ 0 (pixels)"),
-        ("mask.feather", mask.feather, lambda v: v >= 0, "be ≥ 0 (pixels)"),
-        ("aq_map.a_bound", aq.a_bound, unit, "lie in [0, 1]"),
-        ("aq_map.beta", aq.beta, lambda v: v > 0, "be > 0"),
-        ("aq_map.margin", aq.margin, lambda v: v >= 0, "be ≥ 0"),
-        ("aq_map.emphasis", aq.emphasis, lambda v: v >= 0, "be ≥ 0"),
-        (
-            "stage1.min_strength, stage1.max_strength",
-            (stage1.min_strength, stage1.max_strength),
-            lambda v: 0.0 < v[0] <= v[1] <= 1.0,
-            "satisfy 0 < min_strength ≤ max_strength ≤ 1",
-        ),
-        ("stage1.prompt_suffix", stage1.prompt_suffix, lambda v: isinstance(v, str), "be a string"),
-        ("stage1.steps", stage1.steps, optional_count, "be null or an integer ≥ 1"),
-        ("stage2.steps", config.stage2.steps, optional_count, "be null or an integer ≥ 1"),
-    ]
-    for key, value, valid, rule in checks:
-        try:
-            ok = bool(valid(value))
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"config {source}: {key} must {rule}, got {value!r}.")
+
+def _typed(value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` (int -> float where a float is wanted), or ``_WRONG``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is Union:
+        if value is None:
+            return None if type(None) in args else _WRONG
+        for arm in args:
+            checked = _typed(value, arm) if arm is not type(None) else _WRONG
+            if checked is not _WRONG:
+                return checked
+        return _WRONG
+    if origin is list:
+        if not isinstance(value, list):
+            return _WRONG
+        items = [_typed(item, args[0]) for item in value]
+        return _WRONG if any(item is _WRONG for item in items) else items
+    if origin is dict:
+        return value if isinstance(value, dict) and all(isinstance(key, str) for key in value) else _WRONG
+    if annotation is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if isinstance(value, bool):  # YAML's true/false is no number
+        return _WRONG
+    if annotation is float:
+        return float(value) if isinstance(value, (int, float)) else _WRONG
+    return value if isinstance(value, annotation) else _WRONG
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return " or ".join("null" if arm is type(None) else _describe(arm) for arm in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(annotation, str(annotation))
+
+
+def _yaml_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
 def _build(kind: type, data: dict[str, Any], source: str, section: str):
@@ -211,7 +289,8 @@ def _build(kind: type, data: dict[str, Any], source: str, section: str):
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ConfigError(f"config {source}: '{name}' must be a mapping.")
-            value = _build(type(default), value, source, name)
-        values[name] = value
+                raise ConfigError(f"config {source}: '{name}' must be a mapping (a section), got {value!r}.")
+            values[name] = _build(type(default), value, source, name)
+        else:
+            values[name] = check_value(kind, name, value, f"config {source}: {section + '.' if section else ''}{name}")
     return kind(**values)

@@ -13,3 +13,14 @@ class MissingWeightsError(OSError):
     def for_source(cls, what: str, source: str, cause: BaseException | None = None) -> "MissingWeightsError":
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
         return cls(f"cannot load {what} from '{source}'{detail}. {CHECKPOINTS_HELP}")
+
+
+class RunInputError(ValueError):
+    """A run cannot start: an input (folder, prompts file, option) or the output folder is wrong.
+    The message is one line naming the input and the fix; the command-line tools exit with 2."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and to write as UTF-8: bytes of a file name that were not valid
+    UTF-8 (kept by Python as surrogate escapes) are shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

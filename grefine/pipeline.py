@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from grefine.config import GRefineConfig
-from grefine.image_io import PathLike, as_rgb_image
+from grefine.image_io import ImageInput, as_rgb_image
 from grefine.maps.aq_map import AQMap, AQMapResult
 from grefine.maps.pq_map import PQMap, PQMapResult, load_open_clip
 from grefine.refine.mask import MaskResult, binarize, stage1_strength
@@ -139,12 +139,14 @@ class GRefinePipeline:
         stage2 = _build_stage2(config, device, dtype)
         return cls(pq_map, aq_map, stage1, stage2, config)
 
-    def __call__(self, image: Union[Image.Image, PathLike], prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
-        """Refine one image. ``seed`` (default: the config's) makes the result reproducible."""
+    def __call__(self, image: ImageInput, prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
+        """Refine one image: a PIL image, a path, an H×W×3 uint8 array or a C×H×W float tensor
+        in [0, 1] (:func:`~grefine.image_io.as_rgb_image`), at most ``config.max_pixels``.
+        ``seed`` (default: the config's) makes the result reproducible."""
         config = self.config
         seed = config.seed if seed is None else seed
         n1, n2 = config.steps
-        image = as_rgb_image(image)
+        image = as_rgb_image(image, max_pixels=config.max_pixels)
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -274,10 +276,11 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         return None
     if cfg.type != "pasd":
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
+    options = {"max_resolution": cfg.max_resolution, **cfg.options}
     if cfg.tiny_random:
         from grefine.testing import build_tiny_pasd_stage2
 
-        stage2 = build_tiny_pasd_stage2(seed=config.seed)
+        stage2 = build_tiny_pasd_stage2(seed=config.seed, **options)
     else:
         from grefine.refine.pasd import PASDStage2
 
@@ -286,7 +289,7 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
             pasd_model=cfg.pasd_model,
             torch_dtype=dtype,
             device=None if config.cpu_offload else device,
-            **cfg.options,
+            **options,
         )
         if config.cpu_offload:
             stage2.enable_model_cpu_offload(device=device)

@@ -1,35 +1,63 @@
-"""The folder runner: image + prompt pairs -> refined images, quality maps and ``results.csv``.
+"""The runner: work items (name, image, prompt) -> refined images, quality maps and ``results.csv``.
 
-One bad image (unreadable, missing prompt, a failure inside a model) becomes a row with its
-error and the run goes on. Every output is written atomically, ``results.csv`` is rewritten
-(atomically) after each image, and ``resume=True`` skips the images that already have a
-successful row and a refined image. Under ``accelerate launch`` the images are split across
-processes round-robin; each process writes its own part and the main process merges them.
+Entry point: :func:`run_items` (check, lock, load the models, refine). Items come from
+:func:`grefine.sources.scan_folder` (a folder; :func:`run_folder` chains the two) or from any other
+source that builds :class:`~grefine.sources.WorkItem` objects. Whatever the source, a run
+
+* checks everything before ``load`` is called (:func:`plan_run`): unique, relative item names;
+  an output folder that is a writable folder, is not the folder of an input, and where no output
+  path is an input file or another output; a readable ``results.csv`` of grefine's own, and, for a
+  new run, no earlier results or files it would replace (``mode="resume"`` continues, ``"overwrite"``
+  redoes every item). A failure raises :class:`~grefine.errors.RunInputError`;
+* owns its output folder: :class:`OutputLock` refuses a second concurrent run; a lock left by a
+  killed run (its process is gone) is stale and taken over;
+* never loses work: outputs are written atomically with the umask's mode; ``results.csv`` is
+  rewritten (atomically) after each item and keeps every row it had (rows of items no longer
+  given, rows of a killed multi-process run's part files); one bad item (unreadable, above
+  ``max_pixels``, no prompt, a failure inside a model) becomes a row with its ``error`` and the
+  run goes on;
+* writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
+  copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
+  ``<name>.png``); maps go to ``maps/<name>.<kind>.png``, so no two items can collide;
+* works at a bounded size: images above ``max_pixels`` are refused from their header, and the
+  metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
+* splits the items round-robin over processes (:class:`Processes`, e.g. ``accelerate launch`` or
+  ``torchrun``): each writes ``results.part<i>.csv`` and the main process merges them.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from grefine.errors import RunInputError, printable
 from grefine.image_io import (
+    copy_file_atomic,
+    fit_long_side,
     heatmap_overlay,
     load_image,
     map_to_image,
     save_image_atomic,
     write_text_atomic,
 )
+from grefine.lock import LOCK_NAME, OutputLock
+from grefine.sources import WorkItem, scan_folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+RunMode = Literal["new", "resume", "overwrite"]
+RESULTS_NAME = "results.csv"
+MAP_KINDS = ("pq", "aq_defect", "mask", "pq_overlay")
 BASE_COLUMNS = (
     "name",
+    "output",
     "prompt",
     "p",
     "a",
@@ -46,10 +74,8 @@ BASE_COLUMNS = (
     "metric_errors",
     "error",
 )
-
-
-class PromptSourceError(ValueError):
-    """The prompts file cannot be read; the message names it and the expected format."""
+_SIGNATURE = ("name", "prompt", "p", "a", "mask_area", "error")
+"""Columns every ``results.csv`` written by grefine has (a file without them is someone else's)."""
 
 
 class Refiner(Protocol):
@@ -64,10 +90,20 @@ class Metric(Protocol):
     def __call__(self, image: Image.Image, prompt: Optional[str] = None, reference: Optional[Image.Image] = None) -> float: ...
 
 
+@dataclass
+class Models:
+    """What the ``load`` callable of :func:`run_items` returns: the refiner, the metrics that could
+    be created, and the reason of each requested metric that could not (recorded per row)."""
+
+    refiner: Refiner
+    metrics: Sequence[Metric] = ()
+    metric_failures: dict[str, str] = field(default_factory=dict)
+
+
 def create_metrics(names: Sequence[str], device=None) -> tuple[list[Metric], dict[str, str]]:
     """Create the named metrics (:func:`grefine.eval.metrics.create_metric`); those that cannot be
     had here (missing weights, offline) are returned with their reason instead of raising.
-    An unknown name still raises, before any work is done."""
+    An unknown name still raises; check names first with :func:`grefine.eval.metrics.list_metrics`."""
     from grefine.eval.metrics import MetricUnavailable, create_metric
 
     metrics: list[Metric] = []
@@ -80,76 +116,257 @@ def create_metrics(names: Sequence[str], device=None) -> tuple[list[Metric], dic
     return metrics, failures
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--input {folder}: not a folder. Give a folder of images.")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass(frozen=True)
+class Processes:
+    """This process among the processes of one run: ``index`` of ``count``, a ``barrier``,
+    ``share`` (returns the main process's value on every process) and ``gather`` (every
+    process's value, in process order, on every process). One process by default;
+    :meth:`from_accelerate` for ``accelerate launch`` / ``torchrun``."""
 
+    index: int = 0
+    count: int = 1
+    barrier: Callable[[], None] = lambda: None
+    share: Callable[[Any], Any] = lambda value: value
+    gather: Callable[[Any], list] = lambda value: [value]
 
-def read_prompts(path: Path) -> dict[str, str]:
-    """Prompts from a CSV (header with ``name`` and ``prompt`` columns) or a JSONL file
-    (one ``{"name": ..., "prompt": ...}`` object per line). Names may carry the extension or not."""
-    if not path.is_file():
-        raise PromptSourceError(f"--prompts {path}: no such file.")
-    text = path.read_text(encoding="utf-8-sig")
-    prompts: dict[str, str] = {}
-    if path.suffix.lower() in (".jsonl", ".json"):
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompts[str(record["name"])] = str(record["prompt"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise PromptSourceError(
-                    f"{path}:{number}: expected a JSON object with 'name' and 'prompt' ({err})."
-                ) from err
-        return prompts
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or not {"name", "prompt"} <= set(reader.fieldnames):
-        raise PromptSourceError(f"{path}: a CSV needs a header with 'name' and 'prompt' columns, got {reader.fieldnames}.")
-    for row in reader:
-        prompts[row["name"]] = row["prompt"] or ""
-    return prompts
+    @classmethod
+    def from_accelerate(cls, state) -> "Processes":
+        """From an ``accelerate.PartialState`` (on CPUs create it with ``cpu=True``: the gloo backend)."""
+        from accelerate.utils import broadcast_object_list, gather_object
 
+        def share(value: Any) -> Any:
+            box = [value]
+            broadcast_object_list(box, from_process=0)
+            return box[0]
 
-def prompt_for(image_path: Path, prompts: dict[str, str]) -> str:
-    """The prompt of one image: from the prompts table (by file name, then stem), else from a
-    sidecar ``<stem>.txt`` next to it."""
-    for key in (image_path.name, image_path.stem):
-        if key in prompts:
-            return prompts[key]
-    sidecar = image_path.with_suffix(".txt")
-    if sidecar.is_file():
-        return sidecar.read_text(encoding="utf-8").strip()
-    raise KeyError(f"{image_path.name}: no prompt (not in the prompts file, no sidecar {sidecar.name}).")
+        if state.num_processes == 1:
+            return cls()
+        return cls(state.process_index, state.num_processes, state.wait_for_everyone, share, lambda value: gather_object([value]))
 
 
 @dataclass
 class RunSummary:
-    """What a folder run did."""
+    """What a run did (names as in ``results.csv``), over all its processes."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     results_csv: Optional[Path] = None
 
+    def merged(self, others: Iterable["RunSummary"]) -> "RunSummary":
+        """This summary with the others' items added (the processes of one run)."""
+        total = RunSummary(list(self.done), list(self.skipped), dict(self.failed), self.results_csv)
+        for other in others:
+            total.done += other.done
+            total.skipped += other.skipped
+            total.failed.update(other.failed)
+        return total
+
     @property
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def exit_code(self) -> int:
+        """0: every item refined (or already done); 1: some failed (see their rows)."""
+        return 0 if self.ok else 1
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run (:func:`plan_run`): the items and where each of their outputs goes."""
+
+    items: list[WorkItem]
+    output_dir: Path
+    mode: RunMode = "new"
+    output_format: Optional[str] = None
+
+    @property
+    def results_csv(self) -> Path:
+        return self.output_dir / RESULTS_NAME
+
+    def output_path(self, item: WorkItem) -> Path:
+        """``<output>/<name>``, or ``<output>/<name>.png`` when converting to PNG."""
+        convert = self.output_format is not None and not item.name.lower().endswith(f".{self.output_format}")
+        return self.output_dir / (f"{item.name}.{self.output_format}" if convert else item.name)
+
+    def map_path(self, item: WorkItem, kind: str) -> Path:
+        """``<output>/maps/<name>.<kind>.png``: the full name, so ``x.png`` and ``x.jpg`` never share maps."""
+        return self.output_dir / "maps" / f"{item.name}.{kind}.png"
+
+    def outputs(self, item: WorkItem) -> list[Path]:
+        return [self.output_path(item), *(self.map_path(item, kind) for kind in MAP_KINDS)]
+
+
+def plan_run(
+    items: Iterable[WorkItem],
+    output_dir: Path,
+    *,
+    mode: RunMode = "new",
+    output_format: Optional[str] = None,
+    protected: Sequence[Path] = (),
+) -> RunPlan:
+    """Check a run before any model loads, and return its plan.
+
+    ``protected``: input files besides the images (e.g. the prompts file) that no output may
+    replace. ``output_format``: None keeps each input's format, ``"png"`` converts. Creates the
+    output folder (to check that it is writable) and nothing else.
+
+    Raises:
+        RunInputError: naming what is wrong and the fix (see the module docstring).
+    """
+    if mode not in ("new", "resume", "overwrite"):
+        raise ValueError(f"mode must be 'new', 'resume' or 'overwrite', got {mode!r}")
+    if output_format not in (None, "png"):
+        raise ValueError(f"output_format must be None or 'png', got {output_format!r}")
+    plan = RunPlan(list(items), Path(output_dir), mode, output_format)
+    _check_names(plan.items)
+    _check_output_folder(plan)
+    planned = _check_outputs(plan, protected)
+    previous = _previous_rows(plan.output_dir)
+    if mode == "new":
+        _refuse_to_replace(plan, previous, planned)
+    try:
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=plan.output_dir):
+            pass
+    except OSError as err:
+        raise RunInputError(f"--output {plan.output_dir}: cannot write there ({err.strerror}). Choose a writable folder.") from err
+    return plan
+
+
+def _check_names(items: Sequence[WorkItem]) -> None:
+    seen: dict[str, Path] = {}
+    for item in items:
+        name = printable(item.name)
+        parts = PurePosixPath(item.name).parts
+        if not item.name or PurePosixPath(item.name).is_absolute() or ".." in parts or name in (RESULTS_NAME, LOCK_NAME):
+            raise RunInputError(f"work item {name!r} ({item.image}): a name must be a relative path inside the output folder, without '..'.")
+        if name in seen:
+            raise RunInputError(f"two work items are named {name!r} ({seen[name]} and {item.image}); names must be unique.")
+        seen[name] = item.image
+
+
+def _check_output_folder(plan: RunPlan) -> None:
+    output = plan.output_dir.absolute()
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == output else f"lies under {folder}, which is a file"
+                raise RunInputError(f"--output {plan.output_dir} {where}, not a folder. Choose a folder (it is created when missing).")
+            break
+    target = plan.output_dir.resolve()
+    for source in {item.image.parent for item in plan.items}:
+        if source.resolve() == target or (source.exists() and plan.output_dir.exists() and os.path.samefile(source, plan.output_dir)):
+            raise RunInputError(
+                f"--output {plan.output_dir} is the input folder {source}: the refined images would replace the originals. "
+                "Choose another output folder."
+            )
+
+
+def _check_outputs(plan: RunPlan, protected: Sequence[Path]) -> list[Path]:
+    """Every output path of the run; refuses two items sharing one, or one replacing an input."""
+    inputs = {}
+    for path in [*(item.image for item in plan.items), *protected]:
+        try:
+            info = os.stat(path)
+            inputs[(info.st_dev, info.st_ino)] = path
+        except OSError:
+            pass  # a missing input becomes that item's failed row
+    owners: dict[Path, str] = {}
+    extra = [plan.results_csv, plan.output_dir / LOCK_NAME]
+    for item in plan.items:
+        for path in plan.outputs(item):
+            if path in owners:
+                raise RunInputError(
+                    f"work items {owners[path]!r} and {printable(item.name)!r} would both write {printable(str(path))}; rename one."
+                )
+            owners[path] = printable(item.name)
+    for path in [*owners, *extra]:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in inputs:
+            raise RunInputError(
+                f"--output {plan.output_dir}: writing {printable(str(path))} would replace the input {printable(str(inputs[(info.st_dev, info.st_ino)]))}. "
+                "Choose another output folder."
+            )
+    return list(owners)
+
+
+def _refuse_to_replace(plan: RunPlan, previous: dict[str, dict[str, str]], planned: Sequence[Path]) -> None:
+    if previous:
+        raise RunInputError(
+            f"--output {plan.output_dir} holds the results of an earlier run ({len(previous)} rows in {RESULTS_NAME}): "
+            "add --resume to continue it, --overwrite to refine every image again, or choose another output folder."
+        )
+    existing = [path for path in planned if path.exists()]
+    if existing:
+        raise RunInputError(
+            f"--output {plan.output_dir}: {len(existing)} file(s) would be replaced (e.g. {printable(str(existing[0]))}); "
+            "add --overwrite to replace them, or choose another output folder."
+        )
+
+
+# ---------------------------------------------------------------------- results.csv
+
 
 def read_results(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of an existing results CSV, keyed by image name (missing file -> empty)."""
-    if not path.is_file():
+    """Rows of a ``results.csv`` written by grefine, keyed by name (missing file: no rows).
+
+    Raises:
+        RunInputError: the file is not one of grefine's (other columns, not UTF-8) or is damaged.
+    """
+    if not path.exists():
         return {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        return {row["name"]: row for row in csv.DictReader(handle)}
+    fix = "Move it away, or choose another output folder."
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunInputError(f"{path}: not a grefine results file ({err}). {fix}") from err
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+        missing = [column for column in _SIGNATURE if column not in header]
+        if missing:
+            raise RunInputError(f"{path}: not a grefine results file (no column {', '.join(missing)}). {fix}")
+        rows = {}
+        for row in reader:
+            if len(row) != len(header):
+                raise RunInputError(f"{path}:{reader.line_num}: damaged ({len(row)} fields, the header has {len(header)}). {fix}")
+            record = dict(zip(header, row))
+            rows[record["name"]] = record
+    except csv.Error as err:
+        raise RunInputError(f"{path}:{reader.line_num}: damaged ({err}). {fix}") from err
+    return rows
+
+
+def _part_files(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob("results.part*.csv")) if output_dir.is_dir() else []
+
+
+def _previous_rows(output_dir: Path) -> dict[str, dict[str, str]]:
+    """``results.csv`` and the part files a killed multi-process run left, merged."""
+    rows = read_results(output_dir / RESULTS_NAME)
+    for part in _part_files(output_dir):
+        rows.update(read_results(part))
+    return rows
+
+
+def _merge_results(output_dir: Path, metric_names: Sequence[str]) -> None:
+    """``results.csv`` := its rows and those of every part file (which are then removed)."""
+    parts = _part_files(output_dir)
+    write_results(output_dir / RESULTS_NAME, _previous_rows(output_dir).values(), metric_names)
+    for part in parts:
+        part.unlink()
 
 
 def write_results(path: Path, rows: Iterable[dict[str, object]], metric_names: Sequence[str]) -> None:
-    """Atomically (re)write the results CSV with a stable column order."""
+    """Atomically (re)write a results CSV with a stable column order (rows sorted by name)."""
     rows = list(rows)
     columns = list(BASE_COLUMNS[:-2])
     for name in metric_names:
@@ -165,7 +382,16 @@ def write_results(path: Path, rows: Iterable[dict[str, object]], metric_names: S
 
 
 def _fmt(value: object) -> object:
-    return f"{value:.6g}" if isinstance(value, float) else value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return printable(value) if isinstance(value, str) else value
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+class RunItemError(Exception):
+    """One item cannot be refined, for a reason known without the models (e.g. no prompt)."""
 
 
 def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference: Optional[Image.Image], suffix: str, row: dict, errors: list[str]) -> None:
@@ -176,38 +402,169 @@ def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference
             errors.append(f"{metric.name}/{suffix}: {type(err).__name__}: {err}")
 
 
+def _same_format(source: Path, target: Path) -> bool:
+    formats = Image.registered_extensions()
+    return formats.get(source.suffix.lower()) == formats.get(target.suffix.lower())
+
+
 def refine_one(
     refiner: Refiner,
-    image_path: Path,
-    prompt: str,
-    output_dir: Path,
-    metrics: Sequence[Metric],
-    seed: Optional[int],
+    item: WorkItem,
+    plan: RunPlan,
+    metrics: Sequence[Metric] = (),
+    seed: Optional[int] = 0,
+    max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
 ) -> dict[str, object]:
-    """Refine one image, write its outputs, return its results row (raises on failure)."""
+    """Refine one item, write its image and maps, return its results row (raises on failure).
+
+    The refined image keeps the input's format and metadata (:func:`grefine.image_io.save_image_atomic`);
+    when the refiner changed no pixel and the format is kept, the input file is copied byte for byte.
+    Metrics score the original and the refined image downscaled alike to ``metric_resolution``
+    (long side; None: full size), so that their cost does not grow with the image.
+    """
     start = time.perf_counter()
-    original = load_image(image_path)
-    result = refiner(original, prompt, seed=seed)
+    original = load_image(item.image, max_pixels)
+    result = refiner(original, item.prompt, seed=seed)
     refined = result.image
-    maps_dir = output_dir / "maps"
-    stem = image_path.stem
-    save_image_atomic(refined, output_dir / image_path.name)
-    save_image_atomic(map_to_image(result.pq.map), maps_dir / f"{stem}_pq.png")
-    save_image_atomic(map_to_image(result.aq.defect_map), maps_dir / f"{stem}_aq_defect.png")
-    save_image_atomic(map_to_image(result.mask.soft.astype("float32")), maps_dir / f"{stem}_mask.png")
-    save_image_atomic(heatmap_overlay(original, result.pq.map), maps_dir / f"{stem}_pq_overlay.png")
-    row: dict[str, object] = {"name": image_path.name, "prompt": prompt, **result.summary()}
+    target = plan.output_path(item)
+    if _same_format(item.image, target) and refined.size == original.size and np.array_equal(np.asarray(refined), np.asarray(original)):
+        copy_file_atomic(item.image, target)
+    else:
+        save_image_atomic(refined, target, reference=item.image)
+    save_image_atomic(map_to_image(result.pq.map), plan.map_path(item, "pq"))
+    save_image_atomic(map_to_image(result.aq.defect_map), plan.map_path(item, "aq_defect"))
+    save_image_atomic(map_to_image(result.mask.soft.astype("float32")), plan.map_path(item, "mask"))
+    save_image_atomic(heatmap_overlay(original, result.pq.map), plan.map_path(item, "pq_overlay"))
+    row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
     errors: list[str] = []
-    _score(metrics, original, prompt, original, "before", row, errors)
-    _score(metrics, refined, prompt, original, "after", row, errors)
+    original, refined = fit_long_side(original, metric_resolution), fit_long_side(refined, metric_resolution)
+    _score(metrics, original, item.prompt, original, "before", row, errors)
+    _score(metrics, refined, item.prompt, original, "after", row, errors)
     row["metric_errors"] = "; ".join(errors)
     row["total_seconds"] = time.perf_counter() - start
     row["error"] = ""
     return row
 
 
-def _is_done(row: Optional[dict[str, str]], output_dir: Path) -> bool:
-    return bool(row) and not row.get("error") and (output_dir / row["name"]).is_file()
+def _is_done(row: Optional[dict[str, str]], output: Path) -> bool:
+    return bool(row) and not row.get("error") and output.is_file()
+
+
+def execute(
+    plan: RunPlan,
+    models: Models,
+    *,
+    metric_names: Sequence[str] = (),
+    seed: Optional[int] = 0,
+    max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
+    processes: Processes = Processes(),
+    progress: bool = True,
+) -> RunSummary:
+    """Refine the plan's items (this process's share of them) with the loaded ``models``; the
+    caller holds the :class:`OutputLock`. ``metric_names``: every requested metric (the columns)."""
+    final_csv = plan.results_csv
+    if processes.index == 0:  # every row so far into results.csv, before any is rewritten
+        _merge_results(plan.output_dir, metric_names)
+    processes.barrier()
+    previous = read_results(final_csv)
+    single = processes.count == 1
+    part_csv = final_csv if single else plan.output_dir / f"results.part{processes.index}.csv"
+    rows = dict(previous) if single else {}
+    unavailable = "; ".join(f"{name}: {reason}" for name, reason in models.metric_failures.items())
+    summary = RunSummary(results_csv=final_csv)
+    mine = plan.items[processes.index :: processes.count]
+    bar = tqdm(mine, desc="grefine", unit="img", disable=not progress)
+    for item in bar:
+        key = printable(item.name)
+        bar.set_postfix_str(key)
+        if plan.mode == "resume" and _is_done(previous.get(key), plan.output_path(item)):
+            summary.skipped.append(key)
+            continue
+        try:
+            if item.prompt is None:
+                raise RunItemError(item.error or f"{key}: no prompt.")
+            row = refine_one(models.refiner, item, plan, models.metrics, seed, max_pixels, metric_resolution)
+            row["metric_errors"] = "; ".join(filter(None, [unavailable, str(row["metric_errors"])]))
+            summary.done.append(key)
+        except Exception as err:  # reported per item; the run goes on
+            message = printable(str(err) if isinstance(err, RunItemError) else f"{type(err).__name__}: {err}")
+            row = {"name": item.name, "prompt": item.prompt or "", "error": message}
+            summary.failed[key] = message
+            tqdm.write(f"[grefine] {key}: {message}")
+        if not single:
+            row["process"] = processes.index
+        rows[key] = row
+        write_results(part_csv, rows.values(), metric_names)
+    if single:
+        return summary
+    processes.barrier()
+    if processes.index == 0:
+        _merge_results(plan.output_dir, metric_names)
+    return RunSummary(results_csv=final_csv).merged(processes.gather(summary))
+
+
+def run_items(
+    items: Iterable[WorkItem],
+    output_dir: Path,
+    load: Callable[[], Models],
+    *,
+    mode: RunMode = "new",
+    output_format: Optional[str] = None,
+    protected: Sequence[Path] = (),
+    metric_names: Sequence[str] = (),
+    seed: Optional[int] = 0,
+    max_pixels: Optional[int] = None,
+    metric_resolution: Optional[int] = None,
+    processes: Processes = Processes(),
+    progress: bool = True,
+) -> RunSummary:
+    """Refine work items into ``output_dir``: the runner's public entry point.
+
+    In order: :func:`plan_run` checks the run (every process); the main process takes the
+    :class:`OutputLock` (a refusal reaches every process); ``load()`` builds the models (only
+    now: a refused run loads nothing); :func:`execute` refines this process's share and the main
+    process merges ``results.csv``; the lock is released, also on errors. Exit status of a
+    command built on it: ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
+
+    Args:
+        items: the work items (unique names), from :func:`grefine.sources.scan_folder` or any source.
+        load: builds the models, called once the run is checked and locked.
+        mode: ``"new"`` (refuses a folder with results or files it would replace), ``"resume"``
+            (skips items with a successful row and an output), ``"overwrite"`` (redoes every item).
+        output_format: None keeps each input's format; ``"png"`` writes ``<name>.png``.
+        protected: other input files that no output may replace (e.g. the prompts file).
+        metric_names: every requested metric (the ``results.csv`` columns).
+        max_pixels: larger images become failed rows, refused from their header.
+        metric_resolution: long side the metrics score at most (None: full size).
+        processes: this process among the run's processes (default: one).
+    """
+    plan = plan_run(items, output_dir, mode=mode, output_format=output_format, protected=protected)
+    lock = OutputLock(plan.output_dir)
+    refusal = None
+    if processes.index == 0:
+        try:
+            lock.acquire()
+        except RunInputError as err:
+            refusal = str(err)
+    refusal = processes.share(refusal)
+    if refusal:
+        raise RunInputError(refusal)
+    try:
+        models = load()
+        return execute(
+            plan,
+            models,
+            metric_names=metric_names,
+            seed=seed,
+            max_pixels=max_pixels,
+            metric_resolution=metric_resolution,
+            processes=processes,
+            progress=progress,
+        )
+    finally:
+        lock.release()
 
 
 def run_folder(
@@ -216,60 +573,15 @@ def run_folder(
     output_dir: Path,
     *,
     prompts_file: Optional[Path] = None,
+    prompt_encoding: Optional[str] = None,
     metrics: Sequence[Metric] = (),
     metric_names: Sequence[str] = (),
     metric_failures: Optional[dict[str, str]] = None,
-    resume: bool = False,
-    seed: Optional[int] = 0,
-    process_index: int = 0,
-    num_processes: int = 1,
-    barrier: Callable[[], None] = lambda: None,
-    progress: bool = True,
+    **options,
 ) -> RunSummary:
-    """Refine every image of ``input_dir`` into ``output_dir``; see the module docstring.
-
-    ``metric_names`` are all requested metrics (columns); ``metric_failures`` maps the ones that
-    could not be created to their reason, recorded in every row's ``metric_errors``.
-    """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    images = list_images(input_dir)[process_index::num_processes]
-    prompts = read_prompts(prompts_file) if prompts_file else {}
-    final_csv = output_dir / "results.csv"
-    part_csv = final_csv if num_processes == 1 else output_dir / f"results.part{process_index}.csv"
-    previous = {**read_results(final_csv), **read_results(part_csv)} if resume else {}
-    mine = {path.name for path in images}
-    rows = {name: row for name, row in previous.items() if name in mine}
-    unavailable = "; ".join(f"{name}: {reason}" for name, reason in (metric_failures or {}).items())
-    summary = RunSummary(results_csv=final_csv)
-    bar = tqdm(images, desc="grefine", unit="img", disable=not progress)
-    for path in bar:
-        bar.set_postfix_str(path.name)
-        if resume and _is_done(previous.get(path.name), output_dir):
-            summary.skipped.append(path.name)
-            continue
-        prompt = ""
-        try:
-            prompt = prompt_for(path, prompts)
-            row = refine_one(refiner, path, prompt, output_dir, metrics, seed)
-            row["metric_errors"] = "; ".join(filter(None, [unavailable, str(row["metric_errors"])]))
-            summary.done.append(path.name)
-        except Exception as err:  # reported per image; the run goes on
-            message = err.args[0] if isinstance(err, KeyError) and err.args else f"{type(err).__name__}: {err}"
-            row = {"name": path.name, "prompt": prompt, "error": str(message)}
-            summary.failed[path.name] = str(message)
-            tqdm.write(f"[grefine] {path.name}: {message}")
-        rows[path.name] = row
-        write_results(part_csv, rows.values(), metric_names)
-    if not images:
-        write_results(part_csv, rows.values(), metric_names)
-    if num_processes > 1:
-        barrier()
-        if process_index == 0:
-            merged = read_results(final_csv) if resume else {}
-            parts = sorted(output_dir.glob("results.part*.csv"))
-            for part in parts:
-                merged.update(read_results(part))
-            write_results(final_csv, merged.values(), metric_names)
-            for part in parts:
-                part.unlink()
-    return summary
+    """:func:`grefine.sources.scan_folder` then :func:`run_items` with an already built ``refiner``
+    (``options``: those of :func:`run_items`)."""
+    scan = scan_folder(Path(input_dir), prompts_file, prompt_encoding)
+    protected = [prompts_file] if prompts_file is not None else []
+    models = Models(refiner, metrics, dict(metric_failures or {}))
+    return run_items(scan.items, Path(output_dir), lambda: models, protected=protected, metric_names=metric_names, **options)

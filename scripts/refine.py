@@ -1,95 +1,149 @@
 #!/usr/bin/env python
 """Refine a folder of AI-generated images with G-Refine.
 
-    python scripts/refine.py --input DIR --output DIR [--prompts FILE] [--config YAML] [--metrics LIST] [--resume]
+    python scripts/refine.py --input DIR --output DIR [--prompts FILE] [--config YAML] [--metrics LIST]
+                             [--resume | --overwrite] [--format {same,png}] [--max-pixels N] [--prompt-encoding ENC]
 
 Prompts come from ``--prompts`` (CSV with ``name,prompt`` columns, or JSONL) or from sidecar
 ``<image stem>.txt`` files. Writes the refined images under their own names, quality maps under
 ``maps/``, and ``results.csv``. Without ``--input`` a small built-in example set (scikit-image's
 sample photos, each with a prompt) is refined into ``./grefine-demo/``.
-Under ``accelerate launch scripts/refine.py ...`` the folder is split across processes.
-Exit status: 0 when every image was refined, 1 when any failed, 2 when nothing could start.
+Several processes split the folder: ``accelerate launch --multi_gpu --num_processes N scripts/refine.py ...``
+(also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
+
+Everything (options, config, prompts, folders, metric names, an earlier results.csv) is checked
+before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
+row in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.config import ConfigError, GRefineConfig  # noqa: E402
-from grefine.demo import write_demo_inputs  # noqa: E402
-from grefine.errors import MissingWeightsError  # noqa: E402
-from grefine.pipeline import GRefinePipeline  # noqa: E402
-from grefine.runner import PromptSourceError, create_metrics, run_folder  # noqa: E402
+from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
+from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
+from grefine.runner import Models, Processes, create_metrics, run_items  # noqa: E402
+from grefine.sources import check_encoding, scan_folder  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, help="folder of images (default: the built-in demo set)")
-    parser.add_argument("--output", type=Path, help="output folder (default: <input>-refined, or ./grefine-demo/output)")
+    parser.add_argument("--output", type=Path, help="output folder, not the input folder (default: <input>-refined, or ./grefine-demo/output)")
     parser.add_argument("--prompts", type=Path, help="CSV (name,prompt) or JSONL prompts; else sidecar .txt files")
+    parser.add_argument("--prompt-encoding", help="encoding of the prompts file and sidecars (default: UTF-8, a BOM is removed)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--metrics", default=None, help="comma-separated metric names (default: the config's 'metrics'); 'none' for no scores")
-    parser.add_argument("--resume", action="store_true", help="skip images that already have a refined output and a successful row")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue a run: skip images that have a refined output and a successful row")
+    again.add_argument("--overwrite", action="store_true", help="refine every image again in a folder that has results (rows are kept until replaced)")
+    parser.add_argument("--format", choices=["same", "png"], default="same", help="same: each input's format and metadata (JPEG at quality 95); png: lossless <name>.png")
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (width x height; default: the config's max_pixels)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
+def load_config(args: argparse.Namespace) -> GRefineConfig:
+    """The config with the command line's overrides, each checked like the file's values."""
+    config = GRefineConfig.from_yaml(args.config)
+    if args.seed is not None:
+        config.seed = check_value(GRefineConfig, "seed", args.seed, "--seed")
+    if args.max_pixels is not None:
+        config.max_pixels = check_value(GRefineConfig, "max_pixels", args.max_pixels, "--max-pixels")
+    return config
+
+
+def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
+    """The requested metrics, every name checked against the registry (no model is built)."""
+    if args.metrics is None:
+        names, where = config.metrics, f"metrics in {config.source}"
+    else:
+        names, where = [m.strip() for m in args.metrics.split(",") if m.strip() and m.strip() != "none"], "--metrics"
+    if not names:
+        return []
+    from grefine.eval.metrics import list_metrics
+
+    known = list_metrics()
+    unknown = [name for name in names if name.lower() not in known]
+    if unknown:
+        hints = [close[0] for name in unknown if (close := difflib.get_close_matches(name.lower(), known, n=1))]
+        raise RunInputError(
+            f"{where}: unknown metric(s) {', '.join(unknown)}{' (did you mean ' + ', '.join(hints) + '?)' if hints else ''}; "
+            "the names are those of grefine.eval.metrics.list_metrics(), e.g. psnr, ssim, piqe, clipiqa, musiq."
+        )
+    return names
+
+
+def loader(config: GRefineConfig, names: list[str], report: bool):
+    """The ``load`` of :func:`grefine.runner.run_items`: the pipeline and the metrics, on the config's device."""
+
+    def load() -> Models:
+        from grefine.pipeline import GRefinePipeline
+
+        pipeline = GRefinePipeline.from_pretrained(config)
+        metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)
+        for name, reason in failures.items():
+            if report:
+                print(f"grefine: metric {name} unavailable ({' '.join(reason.split())}); recorded in results.csv", file=sys.stderr)
+        return Models(pipeline, metrics, failures)
+
+    return load
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from accelerate import PartialState
-
-    state = PartialState()
     try:
-        config = GRefineConfig.from_yaml(args.config)
-        if args.seed is not None:
-            config.seed = args.seed
+        config = load_config(args)
+        names = metric_names(args, config)
+        check_encoding(args.prompt_encoding)
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())  # gloo on CPUs
+        if state.num_processes > 1:
+            config.device = str(state.device)
         if args.input is None:
+            from grefine.demo import write_demo_inputs
+
             args.input = Path("grefine-demo") / "input"
             if state.is_main_process:
                 write_demo_inputs(args.input)
             state.wait_for_everyone()
             args.output = args.output or Path("grefine-demo") / "output"
         output = args.output or args.input.with_name(args.input.name + "-refined")
-        names = config.metrics if args.metrics is None else [m for m in args.metrics.split(",") if m and m != "none"]
-        if state.num_processes > 1:
-            config.device = str(state.device)
-        pipeline = GRefinePipeline.from_pretrained(config)
-        metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)
-    except (ConfigError, WeightsUnavailableError, MissingWeightsError, PromptSourceError, FileNotFoundError, ValueError) as err:
-        print(f"grefine: {err}", file=sys.stderr)
-        return 2
-    for name, reason in failures.items():
-        print(f"grefine: metric {name} unavailable ({reason}); recorded in results.csv", file=sys.stderr)
-    try:
-        summary = run_folder(
-            pipeline,
-            args.input,
+        scan = scan_folder(args.input, args.prompts, args.prompt_encoding)
+        if scan.unused_prompts and state.is_main_process:
+            print(f"grefine: {len(scan.unused_prompts)} prompt(s) in {args.prompts} match no image in {args.input} (e.g. {printable(scan.unused_prompts[0])})", file=sys.stderr)
+        summary = run_items(
+            scan.items,
             output,
-            prompts_file=args.prompts,
-            metrics=metrics,
+            loader(config, names, report=state.is_main_process),
+            mode="resume" if args.resume else "overwrite" if args.overwrite else "new",
+            output_format=None if args.format == "same" else args.format,
+            protected=[args.prompts] if args.prompts else [],
             metric_names=names,
-            metric_failures=failures,
-            resume=args.resume,
             seed=config.seed,
-            process_index=state.process_index,
-            num_processes=state.num_processes,
-            barrier=state.wait_for_everyone,
+            max_pixels=config.max_pixels,
+            metric_resolution=config.metric_resolution,
+            processes=Processes.from_accelerate(state),
             progress=not args.no_progress and state.is_local_main_process,
         )
-    except (PromptSourceError, FileNotFoundError) as err:
-        print(f"grefine: {err}", file=sys.stderr)
+    except (ConfigError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
+        print(f"grefine: {printable(' '.join(str(err).split()))}", file=sys.stderr)
         return 2
-    print(
-        f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
-        f"{len(summary.failed)} failed -> {output} (results: {summary.results_csv})"
-    )
-    return 0 if summary.ok else 1
+    if state.is_main_process:
+        print(
+            f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
+            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))})"
+        )
+    return summary.exit_code
 
 
 if __name__ == "__main__":

@@ -11,13 +11,8 @@ import pytest
 from PIL import Image
 
 from grefine.refine.mask import MaskResult
-from grefine.runner import (
-    PromptSourceError,
-    prompt_for,
-    read_prompts,
-    read_results,
-    run_folder,
-)
+from grefine.runner import Processes, read_results, run_folder
+from grefine.sources import PromptSourceError, read_prompts, scan_folder
 from tests.conftest import REPO
 
 
@@ -91,11 +86,11 @@ def test_prompt_sources(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"name": "a.png", "prompt": "j"}) + "\n\n")
     assert read_prompts(tmp_path / "p.csv") == {"a.png": "first", "b": "second"}
     assert read_prompts(tmp_path / "p.jsonl") == {"a.png": "j"}
-    assert prompt_for(tmp_path / "b.jpg", read_prompts(tmp_path / "p.csv")) == "second"
-    (tmp_path / "c.txt").write_text("sidecar prompt\n")
-    assert prompt_for(tmp_path / "c.png", {}) == "sidecar prompt"
-    with pytest.raises(KeyError, match="d.png: no prompt"):
-        prompt_for(tmp_path / "d.png", {})
+    _write_images(tmp_path / "in", ("b.jpg", "c.png", "d.png"))
+    (tmp_path / "in" / "c.txt").write_text("sidecar prompt\n")
+    items = {item.name: item for item in scan_folder(tmp_path / "in", tmp_path / "p.csv").items}
+    assert items["b.jpg"].prompt == "second" and items["c.png"].prompt == "sidecar prompt"
+    assert items["d.png"].prompt is None and "d.png: no prompt" in items["d.png"].error
     (tmp_path / "bad.csv").write_text("file,text\nx,y\n")
     with pytest.raises(PromptSourceError, match="bad.csv.*'name' and 'prompt'"):
         read_prompts(tmp_path / "bad.csv")
@@ -117,7 +112,7 @@ def test_one_bad_image_is_a_row_and_the_rest_go_on(tmp_path):
     assert "cannot be read as an image" in rows["c.png"]["error"]
     assert "model exploded" in rows["d.png"]["error"]
     assert rows["a.png"]["error"] == "" and float(rows["a.png"]["mean_after"]) == pytest.approx(255 - float(rows["a.png"]["mean_before"]), abs=1e-3)
-    assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "maps" / "a_pq.png").is_file()
+    assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "maps" / "a.png.pq.png").is_file()
     assert not (tmp_path / "out" / "c.png").exists()
 
 
@@ -129,7 +124,7 @@ def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
     assert _rows(tmp_path / "out" / "results.csv")["b.png"]["error"]
     (inputs / "b.txt").write_text("beta")
     again = _Inverter()
-    summary = run_folder(again, inputs, tmp_path / "out", resume=True, progress=False)
+    summary = run_folder(again, inputs, tmp_path / "out", mode="resume", progress=False)
     assert again.calls == ["beta"] and summary.skipped == ["a.png"] and summary.ok
     assert set(_rows(tmp_path / "out" / "results.csv")) == {"a.png", "b.png"}
 
@@ -150,7 +145,7 @@ def test_processes_split_the_folder_and_merge(tmp_path):
         (inputs / f"{name}.txt").write_text(name)
     refiners = [_Inverter(), _Inverter()]
     for index in (1, 0):  # the main process (0) merges after the barrier
-        run_folder(refiners[index], inputs, tmp_path / "out", process_index=index, num_processes=2, progress=False)
+        run_folder(refiners[index], inputs, tmp_path / "out", processes=Processes(index, 2), mode="resume", progress=False)
     assert refiners[0].calls == ["a", "c"] and refiners[1].calls == ["b"]
     assert set(read_results(tmp_path / "out" / "results.csv")) == {"a.png", "b.png", "c.png"}
     assert not list((tmp_path / "out").glob("results.part*.csv"))
@@ -167,9 +162,9 @@ def test_refine_script_with_tiny_random_config(tmp_path, capsys):
     assert refine.main(args) == 1
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["one.png", "results.csv", "two.jpg"]
-    for stem in ("one", "two"):
+    for stem in ("one.png", "two.jpg"):
         for kind in ("pq", "aq_defect", "mask", "pq_overlay"):
-            assert (out / "maps" / f"{stem}_{kind}.png").is_file()
+            assert (out / "maps" / f"{stem}.{kind}.png").is_file()
     rows = _rows(out / "results.csv")
     assert rows["three.png"]["error"] and not rows["one.png"]["error"] and not rows["two.jpg"]["error"]
     assert float(rows["one.png"]["psnr_after"]) < float(rows["one.png"]["psnr_before"])

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grefine.errors import MissingWeightsError
-from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
+from grefine.image_io import ImageInput, PathLike, as_rgb_image, resize_map, to_clip_tensor
 from grefine.maps.clip_surgery import (
     AttentionMode,
     InputSize,
@@ -322,12 +322,11 @@ class PQMap(nn.Module):
             )
         return results
 
-    def forward(
-        self, images: Union[Image.Image, PathLike, Sequence[Union[Image.Image, PathLike]]]
-    ) -> Union[PQMapResult, list[PQMapResult]]:
-        """PQ-Map of one image (→ :class:`PQMapResult`) or a list (→ list, one batched image-encoder
-        forward per distinct input size)."""
-        single = isinstance(images, (Image.Image, str, Path))
+    def forward(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Union[PQMapResult, list[PQMapResult]]:
+        """PQ-Map of one image (→ :class:`PQMapResult`) or a list/tuple of them (→ list, one batched
+        image-encoder forward per distinct input size); an image is anything
+        :func:`~grefine.image_io.as_rgb_image` takes (PIL, path, uint8 array, [0, 1] tensor)."""
+        single = not isinstance(images, (list, tuple))
         rgb = [as_rgb_image(image) for image in ([images] if single else images)]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(rgb):

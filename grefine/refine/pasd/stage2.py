@@ -19,6 +19,10 @@ model is PASD (Yang et al., ECCV 2024), run with half of the iterations (§4.2).
   pixel-aware UNet, with classifier-free guidance (PASD's negative prompt, ``guidance_scale`` 9).
 * The VAE is tiled for large images, the result is colour-corrected against the input
   (wavelet by default) and returned at the input size (times ``upscale``).
+* Working size: images whose long side exceeds ``max_resolution`` are restored downscaled to it,
+  and the restoration's *change* (restored − downscaled input) is upscaled and added to the
+  full-size input, so the input's finer detail is kept and the UNet, ControlNet and VAE never
+  run above ``max_resolution`` — the memory of a call is bounded whatever the image size.
 
 Not reproduced: PASD's tiling of the UNet over latents larger than 320×320 (images above
 2560 px a side run in one pass) and its GroupNorm-synchronised VAE tiles (see
@@ -36,6 +40,8 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from grefine.image_io import fit_long_side
 
 from .color_fix import ColorFix, apply_color_fix
 from .controlnet import PASDControlNetModel
@@ -68,6 +74,7 @@ class PASDStage2(DiffusionPipeline):
         decoder_tile_size: VAE decoder tile side in latent pixels (PASD: 224).
         color_fix: ``'wavelet'`` (PASD), ``'adain'`` or ``None``.
         upscale: integer output scale; G-Refine keeps the size (1).
+        max_resolution: longest side PASD works at (see above); ``None``: the image's own.
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
@@ -91,6 +98,7 @@ class PASDStage2(DiffusionPipeline):
         decoder_tile_size: int = 224,
         color_fix: ColorFix | None = "wavelet",
         upscale: int = 1,
+        max_resolution: int | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -106,6 +114,8 @@ class PASDStage2(DiffusionPipeline):
             raise ValueError(f"color_fix must be 'wavelet', 'adain' or None, got {color_fix!r}")
         if int(upscale) != upscale or upscale < 1:
             raise ValueError(f"upscale must be a positive integer, got {upscale!r}")
+        if max_resolution is not None and max_resolution < 2 * factor:
+            raise ValueError(f"max_resolution must be at least {2 * factor} pixels or None, got {max_resolution!r}")
         self.register_to_config(
             added_noise_level=int(added_noise_level),
             conditioning_scale=float(conditioning_scale),
@@ -117,6 +127,7 @@ class PASDStage2(DiffusionPipeline):
             decoder_tile_size=int(decoder_tile_size),
             color_fix=color_fix,
             upscale=int(upscale),
+            max_resolution=max_resolution,
         )
 
     @classmethod
@@ -180,17 +191,23 @@ class PASDStage2(DiffusionPipeline):
         restored = self._restore(pixels, prompt, num_steps, num_inference_steps, generator)
         restored = apply_color_fix(restored.float(), pixels.float(), self.config.color_fix)
         result = _to_pil(restored[..., : work_image.height, : work_image.width])
-        return result.resize(target_size, Image.BICUBIC) if result.size != target_size else result
+        if result.size == target_size:
+            return result
+        if max(work_image.size) < max(target_size):  # capped by max_resolution: keep the input's detail
+            full = image.resize(target_size, Image.BICUBIC) if image.size != target_size else image
+            return _add_upscaled_change(full, work_image, result)
+        return result.resize(target_size, Image.BICUBIC)
 
     def _working_image(self, image: Image.Image, target_size: tuple[int, int]) -> Image.Image:
-        """The image at the resolution PASD restores: ``upscale``d, then enlarged to ``process_size``."""
+        """The image at the resolution PASD restores: ``upscale``d, enlarged to ``process_size``,
+        and no larger than ``max_resolution`` on its long side."""
         if target_size != image.size:
             image = image.resize(target_size, Image.BICUBIC)
         process_size = self.config.process_size
         if process_size and min(image.size) < process_size:
             scale = process_size / min(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        return image
+        return fit_long_side(image, self.config.max_resolution)
 
     def _restore(
         self,
@@ -266,6 +283,15 @@ class PASDStage2(DiffusionPipeline):
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start)
         return timesteps, latents * self.scheduler.init_noise_sigma
+
+
+def _add_upscaled_change(full: Image.Image, small: Image.Image, restored: Image.Image) -> Image.Image:
+    """``full + BIC↑(restored − small)``: the restoration computed at ``small``'s size, applied to
+    the full-size image without replacing its finer detail."""
+    change = (_to_tensor(restored) - _to_tensor(small)) * 255.0
+    change = F.interpolate(change, size=(full.height, full.width), mode="bicubic", align_corners=False)
+    values = torch.from_numpy(np.asarray(full, dtype=np.float32)).permute(2, 0, 1)[None] + change
+    return Image.fromarray(values[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
