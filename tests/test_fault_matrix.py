@@ -180,7 +180,7 @@ def test_jpeg_unchanged_by_the_refiner_is_copied_byte_for_byte(tmp_path, loads):
     inputs = tmp_path / "in"
     _image(inputs / "a.jpg", quality=75, icc_profile=_icc(), exif=_exif())
     (inputs / "a.txt").write_text("a red cube")
-    config = _config(tmp_path, mask={"threshold": 1.0}, stage2={"type": None})  # empty mask, no stage 2
+    config = _config(tmp_path, mask={"perceptual_bound": 0.0, "alignment_bound": 1.0}, stage2={"type": None})  # empty mask, no stage 2
     assert _main("--input", inputs, "--output", tmp_path / "out", config=config) == 0
     assert (tmp_path / "out" / "a.jpg").read_bytes() == (inputs / "a.jpg").read_bytes()
     assert "stage 1 skipped" in _rows(tmp_path / "out" / "results.csv")["a.jpg"]["note"]
@@ -242,7 +242,7 @@ def test_same_stem_inputs_never_share_outputs_or_maps(shared_run):
     assert code == 0
     for name in ("dup.png", "dup.jpg"):
         assert (out / name).is_file()
-        for kind in ("pq", "aq", "mask", "pq_overlay"):
+        for kind in ("pq", "aq_defect", "mask", "pq_overlay"):
             assert (out / "maps" / f"{name}.{kind}.png").is_file()
     overlay = {name: np.asarray(Image.open(out / "maps" / f"{name}.pq_overlay.png")) for name in ("dup.png", "dup.jpg")}
     assert not np.array_equal(overlay["dup.png"], overlay["dup.jpg"])  # each drawn over its own image
@@ -468,7 +468,7 @@ def test_library_accepts_arrays_tensors_and_every_pil_mode(tiny_pipeline, kind):
         reference = as_rgb_image(given.convert("LA"))
     assert np.array_equal(np.asarray(as_rgb_image(given)), np.asarray(reference))
     assert np.array_equal(tiny_pipeline.pq_map(given).map, tiny_pipeline.pq_map(reference).map)
-    assert np.array_equal(tiny_pipeline.aq_map(given, "a red cube").map, tiny_pipeline.aq_map(reference, "a red cube").map)
+    assert np.array_equal(tiny_pipeline.aq_map(given, "a red cube").defect_map, tiny_pipeline.aq_map(reference, "a red cube").defect_map)
     assert np.array_equal(np.asarray(tiny_pipeline(given, "a red cube", seed=0).image), np.asarray(tiny_pipeline(reference, "a red cube", seed=0).image))
 
 
