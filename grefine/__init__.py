@@ -8,6 +8,7 @@ Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.ref
 :mod:`grefine.eval` (§4) and :mod:`grefine.train` (learning PQ-Map's prompts).
 """
 from grefine.config import GRefineConfig
+from grefine.eval.databases import load_database
 from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt
 from grefine.maps.clip_surgery import vvv_surgery
 from grefine.maps.pq_map import PQMap, PQMapResult
@@ -32,6 +33,7 @@ __all__ = [
     "ParsedPrompt",
     "Phrase",
     "binarize",
+    "load_database",
     "parse_prompt",
     "stage1_strength",
     "vvv_surgery",

@@ -18,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathLike = Union[str, os.PathLike]
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+"""File suffixes (compared lower-case) that grefine reads as images."""
+
 MIN_SIDE = 8
 """Smallest side, in pixels, that grefine accepts: the maps need at least one CLIP patch."""
 
