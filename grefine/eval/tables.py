@@ -415,8 +415,8 @@ def make_tables(root: Path) -> TablesOutput:
         f"{', '.join(UNRANKED)} is not ranked); {NEGATIVE_MARK} negative optimisation (worse than the "
         "original images). 1st / 2nd: places per method; neg.: negative optimisations.\n"
     )
-    markdown = write_text_path(root / "tables.md", "# G-Refine benchmark\n\n" + legend + "\n" + "\n".join(table_markdown(t) for t in tables))
-    latex = write_text_path(root / "tables.tex", "\n".join(table_latex(t) for t in tables))
+    markdown = _write(root / "tables.md", "# G-Refine benchmark\n\n" + legend + "\n" + "\n".join(table_markdown(t) for t in tables))
+    latex = _write(root / "tables.tex", "\n".join(table_latex(t) for t in tables))
     charts = []
     for table in tables:
         charts.append(root / f"chart_{table.database}.png")
@@ -424,6 +424,6 @@ def make_tables(root: Path) -> TablesOutput:
     return TablesOutput(tables, markdown, latex, charts, summaries)
 
 
-def write_text_path(path: Path, text: str) -> Path:
+def _write(path: Path, text: str) -> Path:
     write_text_atomic(text, path)
     return path
