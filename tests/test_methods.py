@@ -53,7 +53,7 @@ def test_grefine_methods_use_the_paper_and_notebook_configs():
             load_method("g-refine-notebook")
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", [name for name in list_methods() if name != "g-refine-notebook"])  # = g-refine when tiny
 def test_every_method_builds_tiny_and_refines(name):
     method = _tiny(name, steps=2)
     refiner = build_refiner(method)
@@ -81,7 +81,7 @@ def test_identity_returns_exactly_the_input():
 
 def test_the_sdxl_baselines_run_twenty_steps_at_their_strength():
     refiner = build_refiner(_tiny("sdxl-refiner"))
-    out = refiner(_image(), "a cat", seed=0)
+    out = refiner(_image(16, 16), "a cat", seed=0)
     assert out.steps_run == 20 and out.strength == 0.3
 
 

@@ -116,8 +116,8 @@ class Database(Sequence[DatabaseRecord]):
         """``n`` records chosen reproducibly by ``seed`` (all of them when ``n ≥ len``), kept
         in the database's order: the ``n`` whose ``sha256(f"{seed}/{name}")`` is smallest.
         A record's draw depends only on its name and the seed — not on the Python or NumPy
-        version, nor on which other images are present — so the same seed picks the same
-        images from any copy of the database that holds them."""
+        version, nor on which other images are present — so every copy of a database ranks the
+        images it holds the same way, and a full copy always gives the same sample."""
         if n < 1:
             raise DatabaseError(f"a sample needs at least one image, got n={n}")
         if n >= len(self.records):
