@@ -66,9 +66,14 @@ def test_agiqa3k_finds_nested_images_and_reports_what_it_skips(tmp_path):
     assert any("1 listed image(s) not found" in m and "midjourney_normal_003.jpg" in m for m in messages)
 
 
+def _real_agiqa3k_rows(shared_dir):
+    with open(shared_dir / "data" / "agiqa3k.csv", encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_the_real_agiqa3k_labels_parse(tmp_path, shared_dir):
     """All 2,982 rows of the real data.csv are listed; one stand-in image per prompt is found."""
-    rows = list(csv.DictReader(open(shared_dir / "data" / "agiqa3k.csv", encoding="utf-8")))
+    rows = _real_agiqa3k_rows(shared_dir)
     assert len(rows) == 2982 and len({row["prompt"] for row in rows}) == 300
     root = tmp_path / "AGIQA-3K"
     root.mkdir()
@@ -91,7 +96,7 @@ def test_the_real_agiqa3k_labels_parse(tmp_path, shared_dir):
 def test_the_real_agiqa3k_prompts_already_hold_their_adjectives_and_style(shared_dir):
     """Why the loader takes ``prompt`` as is: the authors wrote it as
     "<subject>, <adj1>, <adj2>, <style>" — in every one of the 2,982 rows."""
-    rows = list(csv.DictReader(open(shared_dir / "data" / "agiqa3k.csv", encoding="utf-8")))
+    rows = _real_agiqa3k_rows(shared_dir)
     with_modifiers = 0
     for row in rows:
         modifiers = [row[key] for key in ("adj1", "adj2", "style") if row[key]]

@@ -7,7 +7,14 @@ import importlib.util
 import pytest
 from PIL import Image
 
-from grefine.eval.tables import build_table, collect_results, format_value, make_tables, summarize_results, write_summary
+from grefine.eval.tables import (
+    build_table,
+    collect_results,
+    format_value,
+    make_tables,
+    summarize_results,
+    write_summary,
+)
 from tests.conftest import REPO
 
 BEFORE = {"clipiqa": [0.5, 0.6, 0.7], "brisque": [30.0, 20.0, 40.0]}  # originals of a, b, c

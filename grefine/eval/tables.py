@@ -316,8 +316,10 @@ def table_latex(table: DatabaseTable) -> str:
     lines = [
         "\\begin{table}[t]",
         "\\centering",
-        f"\\caption{{{_latex_escape(table.title)}: mean scores after refinement. Best \\textbf{{bold}}, "
-        "second \\underline{underlined}, $^\\dagger$ negative optimisation.}",
+        (
+            f"\\caption{{{_latex_escape(table.title)}: mean scores after refinement. Best \\textbf{{bold}}, "
+            "second \\underline{underlined}, $^\\dagger$ negative optimisation.}"
+        ),
         f"\\begin{{tabular}}{{{columns}}}",
         "\\hline",
         " & ".join(header) + " \\\\",
