@@ -26,6 +26,11 @@ INSTALL_REQUIRES = [
     "setuptools<81",
     # pyiqa's Q-Align imports icecream.
     "icecream",
+    # The benchmark's database metadata (CSV / XLSX / Parquet) and its charts.
+    "pandas",
+    "pyarrow",
+    "openpyxl",
+    "matplotlib",
 ]
 
 setup(

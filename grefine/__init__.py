@@ -11,12 +11,8 @@ of a quality gate) and :mod:`grefine.train` (learning PQ-Map's prompts).
 from grefine.config import GRefineConfig
 from grefine.eval.autoqa import autoqa_cost
 from grefine.eval.correlation import correlations
-from grefine.maps.aq_map import (
-    AQMap,
-    AQMapResult,
-    EmphasizedPrompt,
-    aq_map_from_aligner,
-)
+from grefine.eval.databases import load_database
+from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt, aq_map_from_aligner
 from grefine.maps.clip_surgery import vvv_surgery
 from grefine.maps.pq_map import PQMap, PQMapResult
 from grefine.maps.syntax_tree import ParsedPrompt, Phrase, parse_prompt
@@ -43,6 +39,7 @@ __all__ = [
     "autoqa_cost",
     "binarize",
     "correlations",
+    "load_database",
     "parse_prompt",
     "stage1_strength",
     "vvv_surgery",

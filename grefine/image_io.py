@@ -25,6 +25,9 @@ PathLike = Union[str, os.PathLike]
 ImageInput = Union[Image.Image, PathLike, np.ndarray, torch.Tensor]
 """What every component accepts as an image: see :func:`as_rgb_image`."""
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+"""File suffixes (compared lower-case) that grefine reads as images."""
+
 MIN_SIDE = 8
 """Smallest side, in pixels, that grefine accepts: the maps need at least one CLIP patch."""
 

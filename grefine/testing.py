@@ -88,17 +88,69 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
     projection, whose pooled output conditions the UNet), two tiny tokenizers and an Euler
     scheduler. ``requires_aesthetics_score=False`` as in ``diffusers/stable-diffusion-xl-1.0-
     inpainting-0.1``: 6 time ids · 8 + 32 pooled = 80 projection inputs."""
-    from diffusers import (
-        AutoencoderKL,
-        UNet2DConditionModel,
+    tokenizer, unet, vae, text_encoder, text_encoder_2 = _tiny_sdxl_components(seed, in_channels=9)
+    return assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
+
+
+def build_tiny_sdxl_img2img_pipeline(seed: int = 0):
+    """A tiny, random ``StableDiffusionXLImg2ImgPipeline`` with SDXL *base*'s layout: the
+    components of :func:`build_tiny_sdxl_inpaint_pipeline` with a 4-channel UNet (latents only)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    tokenizer, unet, vae, text_encoder, text_encoder_2 = _tiny_sdxl_components(seed, in_channels=4)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=sdxl_euler_scheduler(),
+        add_watermarker=False,
     )
+
+
+def build_tiny_sdxl_refiner_pipeline(seed: int = 0):
+    """A tiny, random ``StableDiffusionXLImg2ImgPipeline`` with the layout of
+    ``stabilityai/stable-diffusion-xl-refiner-1.0``: only the second (projected) text encoder,
+    whose hidden states alone are the UNet's cross-attention input, and
+    ``requires_aesthetics_score=True`` (5 time ids, the aesthetic score replacing the target
+    size: 5 · 8 + 32 pooled = 72 projection inputs)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    tokenizer, unet, vae, _, text_encoder_2 = _tiny_sdxl_components(
+        seed, in_channels=4, time_ids=5, cross_attention_dim=_TINY_SDXL_TEXT_WIDTH
+    )
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=sdxl_euler_scheduler(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+
+
+_TINY_SDXL_TEXT_WIDTH = 32
+
+
+def _tiny_sdxl_components(seed: int, *, in_channels: int, time_ids: int = 6, cross_attention_dim: int = 2 * _TINY_SDXL_TEXT_WIDTH):
+    """``(tokenizer, unet, vae, text_encoder, text_encoder_2)`` of the tiny SDXL pipelines: a
+    2-level UNet with ``addition_embed_type="text_time"`` (``time_ids`` · 8 + 32 pooled
+    projection inputs), a 2-level VAE (scale factor 2), two 32-wide CLIP text encoders (the
+    second projected) and the tiny tokenizer."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tiny_clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
-        in_channels=9,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -108,8 +160,8 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=time_ids * 8 + _TINY_SDXL_TEXT_WIDTH,
+        cross_attention_dim=cross_attention_dim,
     )
     vae = AutoencoderKL(
         block_out_channels=(32, 64),
@@ -122,33 +174,39 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=_TINY_SDXL_TEXT_WIDTH,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
-        projection_dim=32,
+        projection_dim=_TINY_SDXL_TEXT_WIDTH,
         max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return assemble_sdxl_inpaint_pipeline(
-        unet, vae, CLIPTextModel(text_config), CLIPTextModelWithProjection(text_config), tokenizer
-    )
+    text_encoder = CLIPTextModel(text_config).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(text_config).eval()
+    return tokenizer, unet.eval(), vae.eval(), text_encoder, text_encoder_2
 
 
-def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer):
-    """An SDXL-inpainting pipeline from given models (tiny here, full-size in
-    :mod:`grefine.eval.speed`) with SDXL's Euler scheduler settings and one tokenizer."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
+def sdxl_euler_scheduler():
+    """SDXL's Euler scheduler settings (base, refiner and inpainting share them)."""
+    from diffusers import EulerDiscreteScheduler
 
-    scheduler = EulerDiscreteScheduler(
+    return EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         steps_offset=1,
         timestep_spacing="leading",
     )
+
+
+def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer):
+    """An SDXL-inpainting pipeline from given models (tiny here, full-size in
+    :mod:`grefine.eval.speed`) with SDXL's Euler scheduler settings and one tokenizer."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
     return StableDiffusionXLInpaintPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -156,7 +214,7 @@ def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, toke
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet.eval(),
-        scheduler=scheduler,
+        scheduler=sdxl_euler_scheduler(),
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,

@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from grefine.config import GRefineConfig
@@ -132,17 +132,35 @@ def _nltk_missing() -> list[str]:
 def check_weights(config: GRefineConfig, online: Optional[bool] = None) -> None:
     """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger and
     stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had."""
-    needed = required_weights(config)
+    require_weights(
+        required_weights(config),
+        f"config {config.source}",
+        online=online,
+        other_missing=[] if config.ablation.drop_aq_map else _nltk_missing(),
+        hint="For a smoke test without weights use configs/tiny-random.yaml.",
+    )
+
+
+def require_weights(
+    needed: Sequence[WeightSource],
+    what: str,
+    *,
+    online: Optional[bool] = None,
+    other_missing: Sequence[str] = (),
+    hint: str = "",
+) -> None:
+    """The one pre-flight message: raise :class:`WeightsUnavailableError` naming ``what`` (a
+    config, a benchmark method) and listing every source of ``needed`` that cannot be had, with
+    its config key, plus ``other_missing`` lines; ``hint`` ends the message."""
     local_missing = [w for w in needed if w.files and not is_available(w)]
     online = hub_reachable() if online is None else online
     missing = local_missing if online else [w for w in needed if not is_available(w)]
     lines = [f"  - {w.what}: '{w.source}' (config key {w.config_key})" for w in missing]
-    if not config.ablation.drop_aq_map:
-        lines += _nltk_missing()
+    lines += list(other_missing)
     if lines:
         listing = "\n".join(lines)
         state = "" if online else " and the Hugging Face hub cannot be reached"
         raise WeightsUnavailableError(
-            f"grefine cannot start with config {config.source}: these weights are missing{state}:\n"
-            f"{listing}\n{CHECKPOINTS_HELP} For a smoke test without weights use configs/tiny-random.yaml."
+            f"grefine cannot start with {what}: these weights are missing{state}:\n"
+            f"{listing}\n{CHECKPOINTS_HELP} {hint}".rstrip()
         )

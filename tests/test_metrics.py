@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from grefine.eval.metrics import (
+    CLIPSCORE_WEIGHT,
     PAPER_METRICS,
     MetricUnavailable,
     create_metric,
+    is_lower_better,
     list_metrics,
     to_tensor,
 )
@@ -105,9 +107,40 @@ def test_prompt_metric_requires_a_prompt(tmp_path, image):
 
 def test_pickscore_loads_local_folders_and_scores(tmp_path, image):
     """The PickScore loader on a tiny random CLIP saved in transformers layout."""
-    pickscore = create_metric("pickscore", device="cpu", **_tiny_pickscore(tmp_path))
+    pickscore = create_metric("pickscore", device="cpu", form="logit", **_tiny_pickscore(tmp_path))
     red, blue = pickscore(image, prompt="a red cat"), pickscore(image, prompt="a blue dog")
     assert np.isfinite(red) and red != blue and red == pickscore(image, prompt="a red cat")
+
+
+def test_pickscore_forms_are_clipscore_scaled_and_logit_scaled_cosines(tmp_path, image):
+    """Default: CLIPScore's 2.5·max(cos, 0) on the PickScore CLIP (the tables' PicS scale);
+    ``form="logit"``: PickScore's own logit_scale·cos. Checked against an independent cosine."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    folders = _tiny_pickscore(tmp_path)
+    paper = create_metric("pickscore", device="cpu", **folders)
+    logit = create_metric("pickscore", device="cpu", form="logit", **folders)
+    model, processor = CLIPModel.from_pretrained(tmp_path).eval(), CLIPProcessor.from_pretrained(tmp_path)
+    cosines = {}
+    for prompt in ("hello world", "a red cat"):  # with this random CLIP: cos > 0, cos < 0
+        inputs = processor(text=[prompt], images=[image], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model(**inputs)
+        cosine = cosines[prompt] = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+        assert paper(image, prompt=prompt) == pytest.approx(CLIPSCORE_WEIGHT * max(cosine, 0.0), abs=1e-5)
+        assert logit(image, prompt=prompt) == pytest.approx(model.logit_scale.exp().item() * cosine, rel=1e-4)
+    assert cosines["hello world"] > 0 > cosines["a red cat"]  # both branches of max(cos, 0) ran
+    with pytest.raises(MetricUnavailable, match="form"):
+        create_metric("pickscore", device="cpu", form="softmax", **folders)
+
+
+def test_lower_better_is_known_without_creating_the_metric(offline):
+    assert is_lower_better("brisque") and is_lower_better("PIQE") and is_lower_better("lpips")
+    higher = [name for name in PAPER_METRICS if name != "brisque"] + ["psnr", "ssim"]
+    assert not any(is_lower_better(name) for name in higher)
+    assert is_lower_better("piqe") == create_metric("piqe", device="cpu").lower_better
+    with pytest.raises(KeyError, match="known metrics"):
+        is_lower_better("no-such-metric")
 
 
 def test_pickscore_missing_model_is_unavailable(tmp_path, offline):

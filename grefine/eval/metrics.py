@@ -12,6 +12,17 @@ prompt or a reference image) as a float. Names:
   ``hpsv2`` (open_clip ViT-H-14 + the HPS v2 checkpoint) and ``hps`` (HPS v1: OpenAI CLIP
   ViT-L/14 + the ``hpc.pt`` checkpoint, in open_clip).
 
+Scales, as the paper's Tables 2-5 report them (checked column by column against the tables):
+pyiqa's own ranges for the nine perceptual indicators (CLIP-IQA, DBCNN, TOPIQ, CNNIQA in
+[0, 1]; LIQE and Q-Align in [1, 5]; MUSIQ and BRISQUE in [0, 100]-ish; UNIQUE unbounded, ≈ 0-2);
+``clipscore`` is pyiqa's ``2.5 · max(cos, 0)`` (ViT-B/32, "A photo depicts" prefix: the tables'
+0.66-0.99); ImageReward is the raw reward (≈ −1.5-0.3); HPS v2 the raw cosine (≈ 0.25). The
+paper does not say how its PickScore column (0.41-0.79) was computed, and the authors released no
+evaluation code; ``pickscore`` applies CLIPScore's formula ``2.5 · max(cos, 0)`` to the
+PickScore model (see :func:`_pickscore`), which lands on the tables' scale, while PickScore's own
+``logit_scale · cos`` (≈ 20) stays available as ``form="logit"``. Means, improvements and the
+negative-optimisation marks do not depend on this choice (it is increasing in the cosine).
+
 A metric that cannot be created (weights neither cached nor downloadable, package missing)
 raises :class:`MetricUnavailable`, and only that, so a runner can record it per metric.
 Creation never waits long on the network: socket operations time out after
@@ -35,6 +46,8 @@ PAPER_METRICS = (
     "clipscore", "imagereward", "pickscore", "hpsv2",
 )  # fmt: skip
 NETWORK_TIMEOUT_S = 15.0
+#: CLIPScore's ``w`` (Hessel et al., 2021; pyiqa's ``clipscore``), also applied to PickScore.
+CLIPSCORE_WEIGHT = 2.5
 # Import name → pip requirement, for the hint of MetricUnavailable. pyiqa's CLIP-based metrics
 # (clipiqa, liqe, clipscore) import pkg_resources, which setuptools ≥ 81 no longer ships.
 _PIP_NAMES = {"ImageReward": "image-reward", "pkg_resources": "setuptools<81"}
@@ -105,6 +118,23 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
+def is_lower_better(name: str) -> bool:
+    """Whether lower scores of metric ``name`` mean better quality (BRISQUE, PIQE, NIQE, LPIPS),
+    read from the registry without creating the metric (no weights needed).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    key = name.lower()
+    if key not in list_metrics():
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}")
+    if key in _OWN_METRICS:
+        return False  # ImageReward, PickScore, HPS v2: higher = better aligned
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    return bool(DEFAULT_CONFIGS[key].get("lower_better", False))
+
+
 def list_metrics() -> list[str]:
     """Every name :func:`create_metric` accepts (whether its weights are present or not)."""
     return sorted(set(_pyiqa_names()) | set(_OWN_METRICS))
@@ -133,7 +163,7 @@ def describe_metric(name: str) -> MetricTraits:
 def create_metric(name: str, device: str | torch.device | None = None, **options) -> Metric:
     """Create the metric ``name`` (see :func:`list_metrics`) on ``device`` (default: CUDA if
     available). ``options`` go to ``pyiqa.create_metric`` for pyiqa metrics, or to the loader
-    of ``imagereward`` (``model``), ``pickscore`` (``model``, ``processor``) and ``hpsv2``
+    of ``imagereward`` (``model``), ``pickscore`` (``model``, ``processor``, ``form``) and ``hpsv2``
     (``checkpoint``: a local file, or ``repo_id:filename`` on the hub).
 
     Raises:
@@ -237,11 +267,20 @@ def _pickscore(
     *,
     model: str = "yuvalkirstain/PickScore_v1",
     processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    form: str = "clipscore",
 ) -> Metric:
-    """PickScore (Kirstain et al., 2023): ``logit_scale · cos(E_img, E_txt)`` of the PickScore
-    CLIP-H, the score its authors report (≈ 20 for typical images)."""
+    """PickScore (Kirstain et al., 2023): the PickScore CLIP-H's cosine of image and prompt,
+
+    * ``form="clipscore"`` (default): ``2.5 · max(cos, 0)``, CLIPScore's formula (pyiqa's
+      ``clipscore``, the paper's CLIPS column) on the PickScore model — the scale of the paper's
+      PicS column (0.41-0.79): PickScore's cosines are ≈ 0.2-0.3, and the tables' PicS/CLIPS
+      ratio (≈ 0.72-0.75 on three databases) is that of PickScore to CLIP ViT-B/32 cosines;
+    * ``form="logit"``: ``logit_scale · cos``, the score PickScore's authors report (≈ 20).
+    """
     from transformers import AutoModel, AutoProcessor
 
+    if form not in ("clipscore", "logit"):
+        raise ValueError(f"pickscore form must be 'clipscore' or 'logit', got {form!r}")
     proc = AutoProcessor.from_pretrained(processor)
     clip = AutoModel.from_pretrained(model).eval().to(device)
 
@@ -260,7 +299,10 @@ def _pickscore(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
             )
         )
-        return (clip.logit_scale.exp() * (image_embeds * text_embeds).sum()).item()
+        cosine = (image_embeds * text_embeds).sum()
+        if form == "logit":
+            return (clip.logit_scale.exp() * cosine).item()
+        return (CLIPSCORE_WEIGHT * cosine.clamp(min=0)).item()
 
     return Metric(name, False, True, False, score)
 

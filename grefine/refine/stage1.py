@@ -4,7 +4,9 @@ Eq. 10 runs ``D^{z1}_{n1} ··· D^{z1}_1`` on the image with ``z1`` of Eq. 9, w
 strength come from :mod:`grefine.refine.mask`:
 
 * :func:`inference_steps_for` turns "run n1 denoising steps" into diffusers' step arguments;
-* :class:`InpaintStage1` runs the steps and pastes the result back.
+* :class:`InpaintStage1` runs the steps and pastes the result back;
+* :func:`working_size` and :class:`StepCounter` are shared with the benchmark's SDXL baselines
+  (:mod:`grefine.eval.methods`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,25 @@ def inference_steps_for(steps_to_run: int, strength: float) -> int:
         total += 1
     return total
 
+
+def working_size(size: tuple[int, int], resolution: int | None, vae_scale_factor: int) -> tuple[int, int]:
+    """The ``(width, height)`` at which an SDXL pipeline processes an image of ``size``: long side
+    ``resolution`` (``None`` keeps the size), each side rounded to a multiple of
+    ``2 · vae_scale_factor`` (at least 8, which diffusers checks)."""
+    multiple = max(8, 2 * vae_scale_factor)
+    scale = 1.0 if resolution is None else resolution / max(size)
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
+
+
+class StepCounter:
+    """A diffusers ``callback_on_step_end`` that counts the denoising steps actually run."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        self.steps += 1
+        return callback_kwargs
 
 
 @dataclass(frozen=True)
@@ -190,13 +211,7 @@ class InpaintStage1:
         mask_image = mask_image.resize((width, height), Image.BILINEAR).point(
             lambda v: 255 * (v > 0)
         )
-        steps_run = 0
-
-        def count_step(pipe, step, timestep, callback_kwargs):
-            nonlocal steps_run
-            steps_run += 1
-            return callback_kwargs
-
+        counter = StepCounter()
         generated = self.pipe(
             image=image.resize((width, height), Image.LANCZOS),
             mask_image=mask_image,
@@ -206,16 +221,14 @@ class InpaintStage1:
             num_inference_steps=inference_steps_for(num_steps, strength),
             guidance_scale=guidance_scale,
             generator=generator,
-            callback_on_step_end=count_step,
+            callback_on_step_end=counter,
             **self._prompt_embeds(prompt),
         ).images[0]
         refined = paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
-        return Stage1Result(refined, True, steps_run, strength, time.perf_counter() - start)
+        return Stage1Result(refined, True, counter.steps, strength, time.perf_counter() - start)
 
     def _working_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        multiple = max(8, 2 * self.pipe.vae_scale_factor)  # diffusers checks divisibility by 8
-        scale = 1.0 if self.resolution is None else self.resolution / max(size)
-        return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
+        return working_size(size, self.resolution, self.pipe.vae_scale_factor)
 
     def _prompt_embeds(self, prompt: str | EmphasizedPrompt) -> dict:
         """The prompt arguments of the pipeline call: plain text, or Eq. 7's embeddings."""
