@@ -12,7 +12,12 @@ from grefine.config import GRefineConfig
 from grefine.eval.autoqa import autoqa_cost
 from grefine.eval.correlation import correlations
 from grefine.eval.databases import load_database
-from grefine.maps.aq_map import AQMap, AQMapResult, EmphasizedPrompt, aq_map_from_aligner
+from grefine.maps.aq_map import (
+    AQMap,
+    AQMapResult,
+    EmphasizedPrompt,
+    aq_map_from_aligner,
+)
 from grefine.maps.clip_surgery import vvv_surgery
 from grefine.maps.pq_map import PQMap, PQMapResult
 from grefine.maps.syntax_tree import ParsedPrompt, Phrase, parse_prompt

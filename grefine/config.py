@@ -21,7 +21,12 @@ from typing import Any, Optional, Union
 import yaml
 
 from grefine.image_io import MIN_SIDE
-from grefine.maps.aq_map import DEFAULT_A_BOUND, DEFAULT_BETA, DEFAULT_MARGIN, EMPHASIS_WEIGHT
+from grefine.maps.aq_map import (
+    DEFAULT_A_BOUND,
+    DEFAULT_BETA,
+    DEFAULT_MARGIN,
+    EMPHASIS_WEIGHT,
+)
 from grefine.maps.pq_map import DEFAULT_ALPHA
 
 DEFAULT_MAX_PIXELS = 4096 * 4096

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from grefine.errors import RunInputError, printable
+from grefine.image_io import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _ENCODING_HINT = "Save it as UTF-8, or name its encoding with --prompt-encoding (e.g. cp1252)."
 _JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
 
@@ -154,6 +154,30 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, str, str]]:
         yield number, record["name"].strip(), record["prompt"]
 
 
+def list_images(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """The supported images directly inside ``folder`` (sorted), and every other entry with why it
+    is ignored. Raises :class:`~grefine.errors.RunInputError` when ``folder`` is not a readable
+    folder or holds no image (the message lists what was ignored and why)."""
+    if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise RunInputError(f"--input {printable(str(folder))}: {state}. Give the folder that holds the images.")
+    images, ignored = [], {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise RunInputError(f"--input {printable(str(folder))}: cannot be listed ({err.strerror}).") from err
+    for entry in entries:
+        if entry.is_dir():
+            ignored[entry.name + "/"] = "a folder (only images directly inside --input are used)"
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(entry)
+        else:
+            ignored[entry.name] = "a text file: a sidecar prompt needs an image of the same stem" if entry.suffix.lower() == ".txt" else "not a supported image type"
+    if not images:
+        raise RunInputError(f"--input {printable(str(folder))}: no image found. {_ignored_summary(ignored)}")
+    return images, ignored
+
+
 def scan_folder(folder: Path, prompts_file: Optional[Path] = None, encoding: Optional[str] = None) -> FolderScan:
     """The images directly inside ``folder`` (sorted by name) as work items, each with its prompt:
     from ``prompts_file`` (by file name, then by stem), else from a sidecar ``<stem>.txt``.
@@ -164,24 +188,8 @@ def scan_folder(folder: Path, prompts_file: Optional[Path] = None, encoding: Opt
     (the message lists what was ignored and why), and :class:`PromptSourceError` for a prompts
     file or sidecar that cannot be read.
     """
-    if not folder.is_dir():
-        state = "is a file, not a folder" if folder.exists() else "no such folder"
-        raise RunInputError(f"--input {printable(str(folder))}: {state}. Give the folder that holds the images.")
     prompts = read_prompts(prompts_file, encoding) if prompts_file is not None else {}
-    images, ignored = [], {}
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        raise RunInputError(f"--input {printable(str(folder))}: cannot be listed ({err.strerror}).") from err
-    for entry in entries:
-        if entry.is_dir():
-            ignored[entry.name + "/"] = "a folder (only images directly inside --input are refined)"
-        elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(entry)
-        else:
-            ignored[entry.name] = "a text file: a sidecar prompt needs an image of the same stem" if entry.suffix.lower() == ".txt" else "not a supported image type"
-    if not images:
-        raise RunInputError(f"--input {printable(str(folder))}: no image to refine. {_ignored_summary(ignored)}")
+    images, ignored = list_images(folder)
     used: set[str] = set()
     items = [_folder_item(path, prompts, prompts_file, encoding, used) for path in images]
     for path in images:

@@ -101,7 +101,7 @@ def measure(kind: str, size: int, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--tiny", action="store_true", help="tiny configs (smoke test of the script on CPU)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cpu" and args.dtype == "float16":
         args.dtype = "float32"
     rows = [measure(kind, size, args) for size in args.sizes for kind in ("sd15+controlnet", "pasd")]

@@ -20,8 +20,9 @@ sys.path.insert(0, str(REPO))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from grefine.errors import MissingWeightsError  # noqa: E402
+from grefine.errors import MissingWeightsError, RunInputError  # noqa: E402
 from grefine.image_io import (  # noqa: E402
+    IMAGE_SUFFIXES,
     heatmap_overlay,
     load_image,
     map_to_image,
@@ -29,7 +30,7 @@ from grefine.image_io import (  # noqa: E402
     write_text_atomic,
 )
 from grefine.maps.pq_map import QUALITY_FACTORS, PQMap, QualityEmbeddingError  # noqa: E402
-from grefine.runner import IMAGE_SUFFIXES, list_images  # noqa: E402
+from grefine.sources import list_images  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [args.input]
     else:
         try:
-            paths = list_images(args.input)
-        except FileNotFoundError as err:
+            paths, _ = list_images(args.input)
+        except RunInputError as err:
             print(f"pq_map: {err}", file=sys.stderr)
             return 2
     try:

@@ -567,9 +567,9 @@ def test_nothing_to_refine_says_what_was_ignored(tmp_path, capsys, loads, case):
     if case == "only-unsupported-files":
         Image.new("RGB", (16, 16)).save(inputs / "anim.gif")
         (inputs / "sub").mkdir()
-        fragments = ["no image to refine", "anim.gif (not a supported image type)", "sub/ (a folder", ".png"]
+        fragments = ["no image found", "anim.gif (not a supported image type)", "sub/ (a folder", ".png"]
     else:
-        fragments = ["no image to refine", "empty"]
+        fragments = ["no image found", "empty"]
     _refused(_main("--input", inputs, "--output", tmp_path / "out"), capsys, loads, *fragments)
 
 

@@ -13,7 +13,7 @@ from grefine.eval.metrics import (
     PAPER_METRICS,
     MetricUnavailable,
     create_metric,
-    is_lower_better,
+    describe_metric,
     list_metrics,
     to_tensor,
 )
@@ -134,13 +134,18 @@ def test_pickscore_forms_are_clipscore_scaled_and_logit_scaled_cosines(tmp_path,
         create_metric("pickscore", device="cpu", form="softmax", **folders)
 
 
-def test_lower_better_is_known_without_creating_the_metric(offline):
-    assert is_lower_better("brisque") and is_lower_better("PIQE") and is_lower_better("lpips")
+def test_traits_are_known_without_creating_the_metric(offline):
+    lower = describe_metric("brisque").lower_better and describe_metric("PIQE").lower_better
+    assert lower and describe_metric("lpips").lower_better
     higher = [name for name in PAPER_METRICS if name != "brisque"] + ["psnr", "ssim"]
-    assert not any(is_lower_better(name) for name in higher)
-    assert is_lower_better("piqe") == create_metric("piqe", device="cpu").lower_better
+    assert not any(describe_metric(name).lower_better for name in higher)
+    piqe = create_metric("piqe", device="cpu")
+    assert describe_metric("piqe").lower_better == piqe.lower_better
+    assert describe_metric("psnr").full_reference and not describe_metric("piqe").full_reference
+    assert describe_metric("clipscore").needs_prompt and describe_metric("pickscore").needs_prompt
+    assert not describe_metric("brisque").needs_prompt
     with pytest.raises(KeyError, match="known metrics"):
-        is_lower_better("no-such-metric")
+        describe_metric("no-such-metric")
 
 
 def test_pickscore_missing_model_is_unavailable(tmp_path, offline):

@@ -118,23 +118,6 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def is_lower_better(name: str) -> bool:
-    """Whether lower scores of metric ``name`` mean better quality (BRISQUE, PIQE, NIQE, LPIPS),
-    read from the registry without creating the metric (no weights needed).
-
-    Raises:
-        KeyError: unknown name (the message lists the known ones).
-    """
-    key = name.lower()
-    if key not in list_metrics():
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}")
-    if key in _OWN_METRICS:
-        return False  # ImageReward, PickScore, HPS v2: higher = better aligned
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-
-    return bool(DEFAULT_CONFIGS[key].get("lower_better", False))
-
-
 def list_metrics() -> list[str]:
     """Every name :func:`create_metric` accepts (whether its weights are present or not)."""
     return sorted(set(_pyiqa_names()) | set(_OWN_METRICS))

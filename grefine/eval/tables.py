@@ -8,7 +8,7 @@ format). From it:
   change, how many images improved, worsened or kept their score, and the paper's
   *negative optimisation* mark (the mean after is worse than the mean before — lower for a
   higher-is-better metric, higher for BRISQUE, PIQE and the other lower-is-better metrics of
-  the registry, :func:`~grefine.eval.metrics.is_lower_better`); written as ``summary.csv`` and
+  the registry, :func:`~grefine.eval.metrics.describe_metric`); written as ``summary.csv`` and
   ``summary.md`` next to ``results.csv``. Rows with an ``error`` are left out; a metric's means
   use the images that have both of its scores.
 * :func:`make_tables`: every database × method in the paper's layout — one table per database
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from grefine.eval.metrics import PAPER_METRICS, is_lower_better
+from grefine.eval.metrics import PAPER_METRICS, describe_metric
 from grefine.image_io import write_text_atomic
 
 PAPER_LABELS = {
@@ -111,7 +111,7 @@ def _float(text: Optional[str]) -> Optional[float]:
 
 def _lower_better(metric: str) -> bool:
     try:
-        return is_lower_better(metric)
+        return describe_metric(metric).lower_better
     except KeyError:  # a metric the registry does not know: read as higher-is-better
         return False
 

@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grefine.errors import MissingWeightsError
-from grefine.image_io import ImageInput, PathLike, as_rgb_image, resize_map, to_clip_tensor
+from grefine.image_io import (
+    ImageInput,
+    PathLike,
+    as_rgb_image,
+    resize_map,
+    to_clip_tensor,
+)
 from grefine.maps.clip_surgery import (
     AttentionMode,
     InputSize,
