@@ -18,7 +18,8 @@ source that builds :class:`~grefine.sources.WorkItem` objects. Whatever the sour
   run goes on;
 * writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
   copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
-  ``<name>.png``); maps go to ``maps/<name>.<kind>.png``, so no two items can collide;
+  ``<name>.png``); the maps a result has (G-Refine's; a baseline has none) go to
+  ``maps/<name>.<kind>.png``, so no two items can collide;
 * works at a bounded size: images above ``max_pixels`` are refused from their header, and the
   metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
 * splits the items round-robin over processes (:class:`Processes`, e.g. ``accelerate launch`` or
@@ -54,7 +55,14 @@ from grefine.sources import WorkItem, scan_folder
 
 RunMode = Literal["new", "resume", "overwrite"]
 RESULTS_NAME = "results.csv"
-MAP_KINDS = ("pq", "aq_defect", "mask", "pq_overlay")
+_MAPS: dict[str, tuple[str, Callable[[Any, Image.Image], Image.Image]]] = {
+    "pq": ("pq", lambda pq, original: map_to_image(pq.map)),
+    "aq_defect": ("aq", lambda aq, original: map_to_image(aq.defect_map)),
+    "mask": ("mask", lambda mask, original: map_to_image(mask.soft.astype("float32"))),
+    "pq_overlay": ("pq", lambda pq, original: heatmap_overlay(original, pq.map)),
+}
+"""Map kind -> (the result's attribute it is drawn from, how it is drawn over the original)."""
+MAP_KINDS = tuple(_MAPS)
 BASE_COLUMNS = (
     "name",
     "output",
@@ -79,7 +87,9 @@ _SIGNATURE = ("name", "prompt", "p", "a", "mask_area", "error")
 
 
 class Refiner(Protocol):
-    """What the runner needs of :class:`grefine.pipeline.GRefinePipeline`."""
+    """What the runner needs of :class:`grefine.pipeline.GRefinePipeline` (or of a benchmark
+    baseline, :mod:`grefine.eval.methods`): a result with ``.image`` and ``.summary()``, and the
+    maps it has among ``.pq`` (``.map``), ``.aq`` (``.defect_map``) and ``.mask`` (``.soft``)."""
 
     def __call__(self, image: Image.Image, prompt: str, *, seed: Optional[int] = None): ...
 
@@ -420,6 +430,7 @@ def refine_one(
 
     The refined image keeps the input's format and metadata (:func:`grefine.image_io.save_image_atomic`);
     when the refiner changed no pixel and the format is kept, the input file is copied byte for byte.
+    Of the maps (:data:`MAP_KINDS`), those the result has are written.
     Metrics score the original and the refined image downscaled alike to ``metric_resolution``
     (long side; None: full size), so that their cost does not grow with the image.
     """
@@ -432,10 +443,10 @@ def refine_one(
         copy_file_atomic(item.image, target)
     else:
         save_image_atomic(refined, target, reference=item.image)
-    save_image_atomic(map_to_image(result.pq.map), plan.map_path(item, "pq"))
-    save_image_atomic(map_to_image(result.aq.defect_map), plan.map_path(item, "aq_defect"))
-    save_image_atomic(map_to_image(result.mask.soft.astype("float32")), plan.map_path(item, "mask"))
-    save_image_atomic(heatmap_overlay(original, result.pq.map), plan.map_path(item, "pq_overlay"))
+    for kind, (attribute, draw) in _MAPS.items():
+        source = getattr(result, attribute, None)
+        if source is not None:  # a result without maps (a baseline) writes none
+            save_image_atomic(draw(source, original), plan.map_path(item, kind))
     row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
     errors: list[str] = []
     original, refined = fit_long_side(original, metric_resolution), fit_long_side(refined, metric_resolution)

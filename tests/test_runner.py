@@ -129,6 +129,23 @@ def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
     assert set(_rows(tmp_path / "out" / "results.csv")) == {"a.png", "b.png"}
 
 
+def test_a_refiner_without_maps_writes_only_its_image_and_row(tmp_path):
+    from grefine.eval.methods import IdentityRefiner
+
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png", "b.jpg"))
+    (inputs / "prompts.csv").write_text("name,prompt\na.png,alpha\nb.jpg,beta\n")
+    summary = run_folder(IdentityRefiner(), inputs, tmp_path / "out", prompts_file=inputs / "prompts.csv", metrics=[_Mean()], metric_names=["mean"], progress=False)
+    assert summary.done == ["a.png", "b.jpg"] and summary.ok
+    out = tmp_path / "out"
+    assert not (out / "maps").exists()  # a baseline has no PQ/AQ maps and no mask
+    for name in ("a.png", "b.jpg"):
+        assert (out / name).read_bytes() == (inputs / name).read_bytes()
+    row = _rows(out / "results.csv")["b.jpg"]
+    assert row["error"] == "" and row["note"].startswith("identity") and row["stage1_steps"] == "0" and row["p"] == ""
+    assert row["mean_before"] == row["mean_after"]
+
+
 def test_metric_failures_are_recorded_per_row(tmp_path):
     inputs = tmp_path / "in"
     _write_images(inputs, ("a.png",))
