@@ -103,27 +103,12 @@ class Metric(Protocol):
 @dataclass
 class Models:
     """What the ``load`` callable of :func:`run_items` returns: the refiner, the metrics that could
-    be created, and the reason of each requested metric that could not (recorded per row)."""
+    be created, and the reason of each requested metric that could not (recorded per row; see
+    :func:`grefine.eval.metrics.create_metrics`)."""
 
     refiner: Refiner
     metrics: Sequence[Metric] = ()
     metric_failures: dict[str, str] = field(default_factory=dict)
-
-
-def create_metrics(names: Sequence[str], device=None) -> tuple[list[Metric], dict[str, str]]:
-    """Create the named metrics (:func:`grefine.eval.metrics.create_metric`); those that cannot be
-    had here (missing weights, offline) are returned with their reason instead of raising.
-    An unknown name still raises; check names first with :func:`grefine.eval.metrics.list_metrics`."""
-    from grefine.eval.metrics import MetricUnavailable, create_metric
-
-    metrics: list[Metric] = []
-    failures: dict[str, str] = {}
-    for name in names:
-        try:
-            metrics.append(create_metric(name, device=device))
-        except MetricUnavailable as err:
-            failures[name] = str(err)
-    return metrics, failures
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ row in results.csv), 2 when the run was refused (one line on stderr names the in
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
-from grefine.runner import Models, Processes, create_metrics, run_items  # noqa: E402
+from grefine.runner import Models, Processes, run_items  # noqa: E402
 from grefine.sources import check_encoding, scan_folder  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
@@ -68,23 +67,16 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
         names, where = [m.strip() for m in args.metrics.split(",") if m.strip() and m.strip() != "none"], "--metrics"
     if not names:
         return []
-    from grefine.eval.metrics import list_metrics
+    from grefine.eval.metrics import check_metric_names
 
-    known = list_metrics()
-    unknown = [name for name in names if name.lower() not in known]
-    if unknown:
-        hints = [close[0] for name in unknown if (close := difflib.get_close_matches(name.lower(), known, n=1))]
-        raise RunInputError(
-            f"{where}: unknown metric(s) {', '.join(unknown)}{' (did you mean ' + ', '.join(hints) + '?)' if hints else ''}; "
-            "the names are those of grefine.eval.metrics.list_metrics(), e.g. psnr, ssim, piqe, clipiqa, musiq."
-        )
-    return names
+    return check_metric_names(names, where)
 
 
 def loader(config: GRefineConfig, names: list[str], report: bool):
     """The ``load`` of :func:`grefine.runner.run_items`: the pipeline and the metrics, on the config's device."""
 
     def load() -> Models:
+        from grefine.eval.metrics import create_metrics
         from grefine.pipeline import GRefinePipeline
 
         pipeline = GRefinePipeline.from_pretrained(config)

@@ -32,13 +32,16 @@ Creation never waits long on the network: socket operations time out after
 from __future__ import annotations
 
 import contextlib
+import difflib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+
+from grefine.errors import RunInputError
 
 #: The 13 indicators of the paper's tables, in column order.
 PAPER_METRICS = (
@@ -123,6 +126,24 @@ def list_metrics() -> list[str]:
     return sorted(set(_pyiqa_names()) | set(_OWN_METRICS))
 
 
+def check_metric_names(names: Sequence[str], where: str) -> list[str]:
+    """``names`` as given, once every one is known to :func:`list_metrics` (no model is built).
+
+    Raises:
+        RunInputError: one line naming ``where`` (e.g. ``--metrics``), the unknown names, the
+            closest known ones and where the names come from.
+    """
+    known = list_metrics()
+    unknown = [name for name in names if name.lower() not in known]
+    if unknown:
+        hints = [close[0] for name in unknown if (close := difflib.get_close_matches(name.lower(), known, n=1))]
+        raise RunInputError(
+            f"{where}: unknown metric(s) {', '.join(unknown)}{' (did you mean ' + ', '.join(hints) + '?)' if hints else ''}; "
+            "the names are those of grefine.eval.metrics.list_metrics(), e.g. psnr, ssim, piqe, clipiqa, musiq."
+        )
+    return list(names)
+
+
 def describe_metric(name: str) -> MetricTraits:
     """The traits of metric ``name`` from the registries' own tables: no weights are loaded.
 
@@ -163,6 +184,20 @@ def create_metric(name: str, device: str | torch.device | None = None, **options
         raise
     except Exception as error:  # any creation failure means "unavailable here"
         raise MetricUnavailable(f"metric {key!r} is unavailable: {_explain(error)}") from error
+
+
+def create_metrics(names: Sequence[str], device: str | torch.device | None = None) -> tuple[list[Metric], dict[str, str]]:
+    """Create the named metrics (:func:`create_metric`); those that cannot be had here (missing
+    weights, offline) are returned with their reason instead of raising, for a runner to record
+    per row. An unknown name still raises; check names first with :func:`check_metric_names`."""
+    metrics: list[Metric] = []
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            metrics.append(create_metric(name, device=device))
+        except MetricUnavailable as err:
+            failures[name] = str(err)
+    return metrics, failures
 
 
 def _registry_name(name: str) -> str:
