@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from grefine.config import ConfigError
-from grefine.eval.methods import METHOD_TYPES, build_refiner, list_methods, load_method
+from grefine.eval.methods import METHOD_TYPES, build_refiner, list_methods, load_method, tiny_random_overrides
 from grefine.weights import WeightsUnavailableError
 from tests.conftest import REPO
 
@@ -83,6 +84,19 @@ def test_the_sdxl_baselines_run_twenty_steps_at_their_strength():
     refiner = build_refiner(_tiny("sdxl-refiner"))
     out = refiner(_image(16, 16), "a cat", seed=0)
     assert out.steps_run == 20 and out.strength == 0.3
+
+
+def test_every_method_places_on_a_device_and_has_tiny_overrides():
+    for name in list_methods():
+        method = load_method(name, overrides={"device": "cuda:1"})  # one GPU per process
+        assert method.device == torch.device("cuda:1"), name
+        tiny = load_method(name, overrides=tiny_random_overrides(method.type)).settings
+        if method.type == "g-refine":
+            assert tiny.config == str(REPO / "configs" / "tiny-random.yaml")
+        elif method.type == "pasd":
+            assert tiny.tiny_random and tiny.options == {"max_resolution": 64}
+        elif method.type != "identity":
+            assert tiny.tiny_random and tiny.resolution == 64
 
 
 def test_method_errors_name_the_method_and_key(tmp_path):

@@ -28,7 +28,9 @@ To add a method, write ``configs/methods/<name>.yaml`` with an existing ``type``
 SDXL model or strength), or register a new type in :data:`METHOD_TYPES`: its settings dataclass
 (the YAML keys), a builder ``MethodConfig -> refiner`` and the weights it needs. Every setting
 can be overridden (``load_method(name, overrides={...})``), e.g. ``tiny_random: true`` builds
-tiny random models (a smoke test without weights, never a result).
+tiny random models (a smoke test without weights, never a result;
+:func:`tiny_random_overrides` gives every type's), and ``device`` (every type) places a method,
+e.g. one GPU per process.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from grefine.refine.stage1 import (
     inference_steps_for,
     working_size,
 )
-from grefine.weights import WeightSource, require_weights
+from grefine.weights import WeightSource, check_weights, require_weights
 
 METHODS_DIR = Path(__file__).resolve().parents[2] / "configs" / "methods"
 """The shipped method configs (``configs/methods/`` of the repository)."""
@@ -66,9 +68,11 @@ METHODS_DIR = Path(__file__).resolve().parents[2] / "configs" / "methods"
 
 @dataclass
 class GRefineSettings:
-    """``type: g-refine``: ``config`` is a G-Refine YAML (relative to the method file)."""
+    """``type: g-refine``: ``config`` is a G-Refine YAML (relative to the method file);
+    ``device``, when set, replaces the config's."""
 
     config: str = "../default.yaml"
+    device: Optional[str] = None
 
 
 @dataclass
@@ -128,7 +132,7 @@ class MethodConfig:
     def device(self) -> torch.device:
         """Where the method runs (and where its metrics should run)."""
         if isinstance(self.settings, GRefineSettings):
-            return resolve_device(GRefineConfig.from_yaml(self.settings.config).device)
+            return resolve_device(_grefine_config(self).device)
         return resolve_device(self.settings.device)
 
 
@@ -243,8 +247,16 @@ class PASDRefiner:
 # ------------------------------------------------------------------------------ builders
 
 
+def _grefine_config(method: MethodConfig) -> GRefineConfig:
+    """The G-Refine config of a ``g-refine`` method, with the method's ``device`` when set."""
+    config = GRefineConfig.from_yaml(method.settings.config)
+    if method.settings.device:
+        config.device = method.settings.device
+    return config
+
+
 def _build_grefine(method: MethodConfig) -> GRefinePipeline:
-    return GRefinePipeline.from_pretrained(method.settings.config)
+    return GRefinePipeline.from_pretrained(_grefine_config(method))
 
 
 def _build_identity(method: MethodConfig) -> IdentityRefiner:
@@ -440,8 +452,39 @@ def _check(s: Any, where: str) -> None:
         raise ConfigError(f"{where}: resolution must be at least 8 pixels (or null), got {s.resolution}.")
 
 
+def tiny_random_overrides(method_type: str) -> dict[str, Any]:
+    """The overrides that run a method of ``method_type`` with tiny random models, working at 64 px
+    as ``configs/tiny-random.yaml`` does (a smoke test without weights; its outputs are noise)."""
+    if method_type == "g-refine":
+        return {"config": str(METHODS_DIR.parent / "tiny-random.yaml")}
+    if method_type == "pasd":
+        return {"tiny_random": True, "options": {"max_resolution": 64}}
+    if issubclass(METHOD_TYPES[method_type].settings, SDXLSettings):
+        return {"tiny_random": True, "resolution": 64}
+    return {}
+
+
+def check_method_weights(method: MethodConfig) -> None:
+    """The one weights pre-flight of a method (a ``g-refine`` method: that of its config); nothing
+    to check for tiny random models or ``identity``.
+
+    Raises:
+        WeightsUnavailableError: weights are missing and cannot be downloaded (one message
+            listing them all, with their config keys).
+    """
+    if isinstance(method.settings, GRefineSettings):
+        check_weights(_grefine_config(method))
+    elif not getattr(method.settings, "tiny_random", False):
+        require_weights(
+            METHOD_TYPES[method.type].weights(method),
+            f"method {method.name} ({method.source})",
+            hint="For a smoke test without weights set tiny_random: true.",
+        )
+
+
 def build_refiner(method: Union[MethodConfig, str, Path]) -> Callable:
-    """The method's refiner (see the module docstring), after the weights pre-flight.
+    """The method's refiner (see the module docstring), after the weights pre-flight
+    (:func:`check_method_weights`).
 
     Raises:
         WeightsUnavailableError: weights are missing and cannot be downloaded (one message
@@ -449,11 +492,5 @@ def build_refiner(method: Union[MethodConfig, str, Path]) -> Callable:
     """
     if not isinstance(method, MethodConfig):
         method = load_method(method)
-    kind = METHOD_TYPES[method.type]
-    if not getattr(method.settings, "tiny_random", False):
-        require_weights(
-            kind.weights(method),
-            f"method {method.name} ({method.source})",
-            hint="For a smoke test without weights set tiny_random: true.",
-        )
-    return kind.build(method)
+    check_method_weights(method)
+    return METHOD_TYPES[method.type].build(method)
