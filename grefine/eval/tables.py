@@ -179,7 +179,7 @@ def _summary_markdown(summary: MethodSummary) -> str:
         mark = f" {NEGATIVE_MARK}" if m.negative else ""
         lines.append(
             f"| {m.metric} {arrow} | {m.images} | {format_value(m.mean_before)} | {format_value(m.mean_after)}{mark} "
-            f"| {m.change:+.4g} | {m.improved} | {m.worsened} | {m.unchanged} |"
+            f"| {'—' if math.isnan(m.change) else format(m.change, '+.4g')} | {m.improved} | {m.worsened} | {m.unchanged} |"
         )
     return "\n".join(lines) + "\n"
 
