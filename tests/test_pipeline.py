@@ -16,7 +16,7 @@ from grefine.config import ConfigError, GRefineConfig
 from grefine.maps.aq_map import Alignment
 from grefine.maps.pq_map import PQMapResult
 from grefine.maps.syntax_tree import parse_prompt
-from grefine.weights import WeightsUnavailableError, check_weights, required_weights
+from grefine.weights import WeightsUnavailableError, check_weights, map_weights, required_weights
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny-random.yaml"
@@ -199,6 +199,14 @@ def test_dropping_stage_two_needs_no_stage_two_weights():
     config.ablation.drop_stage2 = True
     keys = {w.config_key for w in required_weights(config)}
     assert "stage1.model" in keys and not keys & {"stage2.base_model", "stage2.pasd_model"}
+
+
+def test_map_weights_are_the_maps_part_of_the_preflight():
+    config = GRefineConfig.from_yaml(DEFAULT)
+    keys = [w.config_key for w in map_weights(config)]
+    assert keys == ["pq_map.pretrained", "pq_map.embeddings"]  # one CLIP for both maps, and the PQ embeddings
+    assert set(map_weights(config)) < set(required_weights(config))
+    assert map_weights(GRefineConfig.from_yaml(TINY)) == []
 
 
 # --------------------------------------------------------------------------- the presets, tiny
