@@ -158,6 +158,39 @@ class AblationConfig:
 
 
 @dataclass
+class GateBounds:
+    """A bound on each of the two scores, p (PQ-Map, Eq. 3) and a (AQ-Map, Eq. 8); null = no
+    bound on that score."""
+
+    p: Optional[float] = field(default=None, metadata=within(0, 1))
+    a: Optional[float] = field(default=None, metadata=within(0, 1))
+
+    @property
+    def is_set(self) -> bool:
+        return self.p is not None or self.a is not None
+
+
+@dataclass
+class GateConfig:
+    """The refiner gate (not in the paper; off by default): a decision on the scores (p, a), taken
+    after the maps and before the mask (:func:`grefine.pipeline.gate_decision`).
+
+    * ``reject_below``: a hopeless image — ``p < reject_below.p`` **or** ``a < reject_below.a`` —
+      is not refined; it is returned unchanged and flagged ``rejected``.
+    * ``skip_above``: a good image — ``p ≥ skip_above.p`` **and** ``a ≥ skip_above.a`` (the
+      bounds that are set) — is left untouched (stages 1 and 2 not run), flagged ``skipped``.
+
+    Rejection is tested first. Any other image is refined as usual, flagged ``refined``."""
+
+    skip_above: GateBounds = field(default_factory=GateBounds)
+    reject_below: GateBounds = field(default_factory=GateBounds)
+
+    @property
+    def enabled(self) -> bool:
+        return self.skip_above.is_set or self.reject_below.is_set
+
+
+@dataclass
 class GRefineConfig:
     """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total);
     ``max_pixels`` refuses larger images (width × height) from their header, before decoding;
@@ -176,6 +209,7 @@ class GRefineConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     metrics: list[str] = field(default_factory=list)
     metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     source: str = "<defaults>"
@@ -210,7 +244,28 @@ class GRefineConfig:
                 f"config {source}: stage1.min_strength ({config.stage1.min_strength:g}) must not exceed "
                 f"stage1.max_strength ({config.stage1.max_strength:g})."
             )
+        _check_gate(config, source)
         return config
+
+
+def _check_gate(config: GRefineConfig, source: str) -> None:
+    """Cross-field rules of the ``gate`` section: a bound on a score the ablation drops (its score
+    is NaN) and a rejection bound above the skip bound of the same score are refused."""
+    gate = config.gate
+    dropped = {"p": config.ablation.drop_pq_map, "a": config.ablation.drop_aq_map}
+    for score, drop in dropped.items():
+        reject, skip = getattr(gate.reject_below, score), getattr(gate.skip_above, score)
+        for key, value in (("reject_below", reject), ("skip_above", skip)):
+            if drop and value is not None:
+                ablation = "drop_pq_map" if score == "p" else "drop_aq_map"
+                raise ConfigError(
+                    f"config {source}: gate.{key}.{score} is set but ablation.{ablation} drops that map (its score is NaN); "
+                    f"set gate.{key}.{score} to null."
+                )
+        if reject is not None and skip is not None and reject > skip:
+            raise ConfigError(
+                f"config {source}: gate.reject_below.{score} ({reject:g}) must not exceed gate.skip_above.{score} ({skip:g})."
+            )
 
 
 def check_value(kind: type, name: str, value: Any, where: str) -> Any:
@@ -294,8 +349,8 @@ def _build(kind: type, data: dict[str, Any], source: str, section: str):
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ConfigError(f"config {source}: '{name}' must be a mapping (a section), got {value!r}.")
-            values[name] = _build(type(default), value, source, name)
+                raise ConfigError(f"config {source}: '{section + '.' if section else ''}{name}' must be a mapping (a section), got {value!r}.")
+            values[name] = _build(type(default), value, source, f"{section}.{name}" if section else name)
         else:
             values[name] = check_value(kind, name, value, f"config {source}: {section + '.' if section else ''}{name}")
     return kind(**values)

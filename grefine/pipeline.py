@@ -11,7 +11,10 @@ with P the PQ-Map, D the AQ-Map's defect map, prompt' the cleaned prompt with Eq
 ``total_steps`` (20 in the paper) unless a stage sets its ``steps``. Both stages take the number
 of steps to *run*; each derives its schedule length from its strength
 (:func:`grefine.refine.stage1.inference_steps_for`). The ``ablation`` config section switches a
-map or stage 2 off (Table 8). Models load once in :meth:`GRefinePipeline.from_pretrained`.
+map or stage 2 off (Table 8). The ``gate`` section (off by default; not in the paper) decides
+on (p, a) between the maps and the mask (:func:`gate_decision`): a hopeless image is rejected
+and a good one skipped, both returned unchanged without running stage 1 or 2. Models load once
+in :meth:`GRefinePipeline.from_pretrained`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Optional, Protocol, Union
 import torch
 from PIL import Image
 
-from grefine.config import GRefineConfig
+from grefine.config import GateBounds, GateConfig, GRefineConfig
 from grefine.image_io import ImageInput, as_rgb_image
 from grefine.maps.aq_map import AQMap, AQMapResult
 from grefine.maps.pq_map import PQMap, PQMapResult, load_open_clip
@@ -47,13 +50,50 @@ class Stage2(Protocol):
     ) -> Image.Image: ...
 
 
+@dataclass(frozen=True)
+class GateDecision:
+    """The refiner gate's decision on (p, a): ``verdict`` is ``refined`` (refined as usual),
+    ``skipped`` (good: left untouched) or ``rejected`` (hopeless: not refined, flagged), or ``""``
+    when the config has no gate; ``reason`` names the bounds that decided."""
+
+    verdict: str = ""
+    reason: str = ""
+
+    @property
+    def refines(self) -> bool:
+        return self.verdict in ("", "refined")
+
+
+def gate_decision(p: float, a: float, gate: GateConfig) -> GateDecision:
+    """The ``gate`` config section applied to the scores (see :class:`~grefine.config.GateConfig`):
+    ``rejected`` when ``p < reject_below.p`` or ``a < reject_below.a``; else ``skipped`` when
+    ``p ≥ skip_above.p`` and ``a ≥ skip_above.a`` (the bounds that are set); else ``refined``.
+    A NaN score meets no bound (the image is refined)."""
+    if not gate.enabled:
+        return GateDecision()
+    scores = {"p": p, "a": a}
+    low = [f"{name} {scores[name]:.4g} < {bound:g}" for name, bound in _set_bounds(gate.reject_below) if scores[name] < bound]
+    if low:
+        return GateDecision("rejected", f"gate: rejected ({' or '.join(low)}): not refined, the input returned unchanged")
+    high = _set_bounds(gate.skip_above)
+    if high and all(scores[name] >= bound for name, bound in high):
+        met = " and ".join(f"{name} {scores[name]:.4g} >= {bound:g}" for name, bound in high)
+        return GateDecision("skipped", f"gate: skipped ({met}): left untouched, stages 1 and 2 not run")
+    return GateDecision("refined")
+
+
+def _set_bounds(bounds: GateBounds) -> list[tuple[str, float]]:
+    return [(name, value) for name, value in (("p", bounds.p), ("a", bounds.a)) if value is not None]
+
+
 @dataclass
 class GRefineOutput:
     """One refined image with everything that led to it.
 
     ``timings`` holds seconds per step: ``maps`` (PQ + AQ), ``mask``, ``stage1``, ``stage2``.
-    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0, ablation).
-    A map switched off by the ``ablation`` config is its neutral result (P = 1 / D = 0, score NaN).
+    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0, ablation,
+    the gate). A map switched off by the ``ablation`` config is its neutral result (P = 1 / D = 0,
+    score NaN). ``gate`` is the refiner gate's decision (verdict ``""`` when no gate is configured).
     """
 
     image: Image.Image
@@ -66,6 +106,7 @@ class GRefineOutput:
     stage2_steps: int
     timings: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    gate: GateDecision = field(default_factory=GateDecision)
 
     def summary(self) -> dict[str, object]:
         """The scalar columns of a ``results.csv`` row."""
@@ -81,6 +122,7 @@ class GRefineOutput:
             "stage1_seconds": self.timings.get("stage1", 0.0),
             "stage2_seconds": self.timings.get("stage2", 0.0),
             "note": self.note,
+            "gate": self.gate.verdict,
         }
 
 
@@ -153,6 +195,10 @@ class GRefinePipeline:
         pq, aq = self._perceptual_map(image), self._alignment_map(image, prompt)
         timings["maps"] = time.perf_counter() - start
 
+        gate = gate_decision(pq.score, aq.score, config.gate)
+        if not gate.refines:
+            return _unrefined(image, pq, aq, gate, timings)
+
         start = time.perf_counter()
         mask = binarize(
             pq.map,
@@ -203,6 +249,7 @@ class GRefinePipeline:
             stage2_steps=stage2_steps,
             timings=timings,
             note="; ".join(notes),
+            gate=gate,
         )
 
     def _perceptual_map(self, image: Image.Image) -> PQMapResult:
@@ -216,6 +263,25 @@ class GRefinePipeline:
         if self.config.ablation.drop_aq_map:
             return AQMapResult.neutral(prompt, (image.height, image.width))
         return self.aq_map(image, prompt)
+
+
+def _unrefined(image: Image.Image, pq: PQMapResult, aq: AQMapResult, gate: GateDecision, timings: dict[str, float]) -> GRefineOutput:
+    """The output for an image the gate does not refine: the input unchanged, no mask, no stage run."""
+    untouched = image.copy()
+    timings.update(mask=0.0, stage1=0.0, stage2=0.0)
+    return GRefineOutput(
+        image=untouched,
+        pq=pq,
+        aq=aq,
+        mask=MaskResult.empty((image.height, image.width)),
+        strength1=0.0,
+        strength2=0.0,
+        stage1=Stage1Result(untouched, ran=False, steps_run=0, strength=0.0, seconds=0.0),
+        stage2_steps=0,
+        timings=timings,
+        note=gate.reason,
+        gate=gate,
+    )
 
 
 def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:

@@ -79,6 +79,7 @@ BASE_COLUMNS = (
     "stage2_seconds",
     "total_seconds",
     "note",
+    "gate",
     "metric_errors",
     "error",
 )

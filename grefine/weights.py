@@ -76,8 +76,10 @@ def _open_clip_repo(model_name: str, pretrained: Optional[str]) -> Optional[str]
     return hub.strip("/") or None
 
 
-def required_weights(config: GRefineConfig) -> list[WeightSource]:
-    """Everything the configuration will load (tiny-random sections need nothing)."""
+def map_weights(config: GRefineConfig) -> list[WeightSource]:
+    """What the map sections (``pq_map``, ``aq_map``) load: their CLIP (one when both use the
+    same weights) and PQ-Map's quality embeddings — all that :func:`grefine.pipeline.build_maps`
+    and the score evaluation's map scorers need (tiny-random sections need nothing)."""
     needed: list[WeightSource] = []
     clip_sections = [("PQ-Map CLIP", "pq_map", config.pq_map), ("AQ-Map CLIP", "aq_map", config.aq_map)]
     shared = not config.pq_map.tiny_random and (config.pq_map.model_name, config.pq_map.pretrained) == (
@@ -97,6 +99,13 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     if not pq.tiny_random and pq.embeddings:
         files = tuple(f"PQ-{f}.pth" for f in ("overall", "technical", "rational", "natural"))
         needed.append(WeightSource("PQ-Map quality embeddings", pq.embeddings, "pq_map.embeddings", files))
+    return needed
+
+
+def required_weights(config: GRefineConfig) -> list[WeightSource]:
+    """Everything the configuration will load: the maps' weights (:func:`map_weights`) and the
+    two stages' (tiny-random sections need nothing)."""
+    needed = map_weights(config)
     if not config.stage1.tiny_random:
         needed.append(WeightSource("SDXL inpainting (stage 1)", config.stage1.model, "stage1.model"))
     stage2 = config.stage2
@@ -129,11 +138,13 @@ def _nltk_missing() -> list[str]:
     return lines
 
 
-def check_weights(config: GRefineConfig, online: Optional[bool] = None) -> None:
+def check_weights(config: GRefineConfig, online: Optional[bool] = None, *, maps_only: bool = False) -> None:
     """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger and
-    stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had."""
+    stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had.
+    ``maps_only``: only the map sections' weights (:func:`map_weights`), e.g. for scoring images
+    with PQ-Map and AQ-Map without refining them."""
     require_weights(
-        required_weights(config),
+        map_weights(config) if maps_only else required_weights(config),
         f"config {config.source}",
         online=online,
         other_missing=[] if config.ablation.drop_aq_map else _nltk_missing(),

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 TINY_GREFINE = str(REPO / "configs" / "tiny-random.yaml")
 SUMMARY_COLUMNS = {
     "p", "a", "mask_area", "strength1", "strength2", "stage1_steps", "stage2_steps",
-    "maps_seconds", "stage1_seconds", "stage2_seconds", "note",
+    "maps_seconds", "stage1_seconds", "stage2_seconds", "note", "gate",
 }  # fmt: skip  (the scalar columns of the runner's results.csv)
 
 

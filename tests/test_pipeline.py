@@ -12,11 +12,12 @@ import yaml
 from PIL import Image
 
 from grefine import GRefinePipeline, aq_map_from_aligner
-from grefine.config import ConfigError, GRefineConfig
+from grefine.config import ConfigError, GateBounds, GateConfig, GRefineConfig
 from grefine.maps.aq_map import Alignment
 from grefine.maps.pq_map import PQMapResult
 from grefine.maps.syntax_tree import parse_prompt
-from grefine.weights import WeightsUnavailableError, check_weights, required_weights
+from grefine.runner import read_results, run_folder
+from grefine.weights import WeightsUnavailableError, check_weights, map_weights, required_weights
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny-random.yaml"
@@ -201,6 +202,14 @@ def test_dropping_stage_two_needs_no_stage_two_weights():
     assert "stage1.model" in keys and not keys & {"stage2.base_model", "stage2.pasd_model"}
 
 
+def test_map_weights_are_the_maps_part_of_the_preflight():
+    config = GRefineConfig.from_yaml(DEFAULT)
+    keys = [w.config_key for w in map_weights(config)]
+    assert keys == ["pq_map.pretrained", "pq_map.embeddings"]  # one CLIP for both maps, and the PQ embeddings
+    assert set(map_weights(config)) < set(required_weights(config))
+    assert map_weights(GRefineConfig.from_yaml(TINY)) == []
+
+
 # --------------------------------------------------------------------------- the presets, tiny
 
 
@@ -288,9 +297,10 @@ class PlantedAQ:
         return aq_map_from_aligner(parse_prompt(prompt), image, aligner)
 
 
-def planted(pipe, *, bad=False, missing_table=False, **ablation) -> tuple[GRefinePipeline, Recorder, Recorder]:
+def planted(pipe, *, bad=False, missing_table=False, gate=None, **ablation) -> tuple[GRefinePipeline, Recorder, Recorder]:
     config = dataclasses.replace(
         pipe.config,
+        gate=gate or GateConfig(),
         mask=dataclasses.replace(pipe.config.mask, perceptual_bound=0.5, alignment_bound=0.6, dilation=0, feather=0),
         stage1=dataclasses.replace(pipe.config.stage1, prompt_suffix=", sharp"),
         ablation=dataclasses.replace(pipe.config.ablation, **ablation),
@@ -360,3 +370,95 @@ def test_dropping_stage_two_changes_only_stage_two(pipe):
     assert stage2.prompts == [] and without.stage2_steps == 0 and "stage 2 dropped" in without.note
     assert np.array_equal(without.mask.binary, full.mask.binary) and without.strength1 == full.strength1
     assert np.array_equal(np.asarray(without.image), np.asarray(full.stage1.image))  # stage 1's output, as is
+
+
+# --------------------------------------------------------------------------- the refiner gate
+
+
+def _unet_calls(pipe):
+    """Counts the forward calls of both stages' UNets; call ``.remove()`` on the hooks after."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in (pipe.stage1.pipe.unet, pipe.stage2.unet)]
+    return calls, hooks
+
+
+def _gated(pipe, gate, **planted_options):
+    refiner, _, _ = planted(pipe, bad=True, missing_table=True, gate=gate, **planted_options)  # p = 0.5, a = 0.4
+    calls, hooks = _unet_calls(pipe)
+    image = _image()
+    try:
+        out = refiner(image, PROMPT, seed=0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, image, calls
+
+
+def test_the_gate_skips_a_good_image_untouched(pipe):
+    out, image, calls = _gated(pipe, GateConfig(skip_above=GateBounds(p=0.5, a=0.4)))  # bounds inclusive
+    assert out.gate.verdict == "skipped" and calls == []
+    assert np.array_equal(np.asarray(out.image), np.asarray(image)) and out.image is not image
+    assert out.mask.is_empty and not out.stage1.ran and out.stage2_steps == 0 and out.strength1 == out.strength2 == 0
+    row = out.summary()
+    assert row["gate"] == "skipped" and row["p"] == 0.5 and row["a"] == pytest.approx(0.4)
+    assert row["note"] == "gate: skipped (p 0.5 >= 0.5 and a 0.4 >= 0.4): left untouched, stages 1 and 2 not run"
+
+
+def test_the_gate_rejects_a_hopeless_image_and_rejection_comes_first(pipe):
+    gate = GateConfig(skip_above=GateBounds(p=0.0), reject_below=GateBounds(p=0.2, a=0.45))
+    out, image, calls = _gated(pipe, gate)
+    assert out.gate.verdict == "rejected" and out.summary()["gate"] == "rejected" and calls == []
+    assert np.array_equal(np.asarray(out.image), np.asarray(image)) and not out.stage1.ran
+    assert out.note == "gate: rejected (a 0.4 < 0.45): not refined, the input returned unchanged"
+
+
+def test_an_image_between_the_bounds_is_refined_as_without_a_gate(pipe):
+    gated, _, calls = _gated(pipe, GateConfig(skip_above=GateBounds(p=0.51, a=0.4), reject_below=GateBounds(p=0.5, a=0.4)))
+    plain, _, _ = _gated(pipe, None)
+    assert gated.gate.verdict == "refined" and calls and gated.stage1.ran
+    assert plain.gate.verdict == "" and plain.summary()["gate"] == ""
+    assert np.array_equal(np.asarray(gated.image), np.asarray(plain.image))
+    assert np.array_equal(gated.mask.binary, plain.mask.binary) and gated.strength1 == plain.strength1
+    assert gated.note == plain.note and "gate" not in plain.note
+
+
+def test_the_gate_is_off_in_the_shipped_configs():
+    for path in (REPO / "configs").glob("*.yaml"):
+        assert not GRefineConfig.from_yaml(path).gate.enabled, path
+
+
+@pytest.mark.parametrize(
+    "gate, message",
+    [
+        ({"skip_above": {"p": 1.5}}, r"gate\.skip_above\.p must be in \[0, 1\], got 1.5"),
+        ({"reject_below": {"a": -0.1}}, r"gate\.reject_below\.a must be in \[0, 1\]"),
+        ({"reject_below": {"a": "low"}}, r"gate\.reject_below\.a must be a number or null"),
+        ({"skip_above": 0.8}, r"'gate\.skip_above' must be a mapping"),
+        ({"skip_above": {"q": 0.8}}, r"unknown key\(s\) \['q'\] at section 'gate\.skip_above'"),
+        ({"skip_below": {"p": 0.8}}, r"unknown key\(s\) \['skip_below'\] at section 'gate'"),
+        ({"skip_above": {"p": 0.4}, "reject_below": {"p": 0.6}}, r"gate\.reject_below\.p \(0.6\) must not exceed gate\.skip_above\.p \(0.4\)"),
+    ],
+)
+def test_bad_gate_values_are_refused_at_load(gate, message):
+    with pytest.raises(ConfigError, match=message):
+        GRefineConfig.from_dict({"gate": gate})
+
+
+def test_a_gate_on_a_dropped_map_is_refused():
+    with pytest.raises(ConfigError, match=r"gate\.skip_above\.a is set but ablation\.drop_aq_map drops that map"):
+        GRefineConfig.from_dict({"gate": {"skip_above": {"a": 0.9}}, "ablation": {"drop_aq_map": True}})
+    config = GRefineConfig.from_dict({"gate": {"reject_below": {"a": 0.2}}, "ablation": {"drop_pq_map": True}})
+    assert config.gate.enabled and config.gate.reject_below == GateBounds(a=0.2)
+
+
+def test_the_runner_writes_an_untouched_image_and_the_gate_column(pipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipe.config, "gate", GateConfig(skip_above=GateBounds(p=0.0, a=0.0)))  # every image is good
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image(seed=9).save(inputs / "x.jpg", quality=90)
+    (inputs / "x.txt").write_text("a castle on a hill")
+    summary = run_folder(pipe, inputs, tmp_path / "out", progress=False)
+    assert summary.exit_code == 0
+    row = read_results(tmp_path / "out" / "results.csv")["x.jpg"]
+    assert row["gate"] == "skipped" and row["note"].startswith("gate: skipped") and row["stage1_steps"] == "0"
+    assert (tmp_path / "out" / "x.jpg").read_bytes() == (inputs / "x.jpg").read_bytes()

@@ -69,6 +69,8 @@ TABLE6_SCORERS = ("dbcnn", "clipiqa", "cnniqa", "hyperiqa", "nima", "paq2piq", "
 """The rows of the paper's Table 6 (perceptual quality)."""
 TABLE7_SCORERS = ("clipscore", "imagereward", "hps", "hpsv2", "pickscore", "clip_surgery", "aq")
 """The rows of the paper's Table 7 (alignment quality)."""
+PAPER_SCORERS = tuple(dict.fromkeys([*MAP_SCORERS, *TABLE6_SCORERS, *TABLE7_SCORERS]))
+"""G-Refine's own scorers and every indicator of Tables 6 and 7: the score evaluation's default."""
 
 
 class Scorer(Protocol):

@@ -5,15 +5,23 @@ a split index 1, 2, … (pyiqa ships ten), named ``ratio802_seed123_split_01``.
 pyiqa's own splits are pre-computed files; these are grefine's, drawn by numpy from
 (seed, split index) over the records sorted by name, so that they do not depend on the order in
 which a loader lists the records.
+
+:class:`SplitSpec` is the written form of a choice of records (the ``--split`` of
+``scripts/evaluate_scores.py``): ``all``, one of a database's own splits (``test``), or a ratio
+split ``RATIO:PHASE[:SEED[:INDEX]]`` (``802:test`` = the test part of ratio 802, seed 123,
+split 1).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 T = TypeVar("T")
 PHASES = ("train", "val", "test")
+PYIQA_SEED = 123
+"""The seed of pyiqa's ratio splits."""
 
 
 def parse_ratio(ratio: Union[str, Sequence[float]]) -> tuple[float, float, float]:
@@ -32,7 +40,7 @@ def ratio_split(
     records: Sequence[T],
     ratio: Union[str, Sequence[float]] = "802",
     *,
-    seed: int = 123,
+    seed: int = PYIQA_SEED,
     split_index: int = 1,
     key: Callable[[T], str] = lambda record: record.name,  # type: ignore[attr-defined]
 ) -> dict[str, list[T]]:
@@ -54,3 +62,53 @@ def ratio_split(
     n_train, n_val = round(train * len(ordered)), round(val * len(ordered))
     cuts = {"train": permutation[:n_train], "val": permutation[n_train:n_train + n_val], "test": permutation[n_train + n_val:]}
     return {phase: [ordered[i] for i in sorted(cuts[phase])] for phase in PHASES}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A choice of records: ``phase`` alone is ``all`` or a database's own split (``test``); with
+    a ``ratio`` it is that part of :func:`ratio_split` over all the records (``seed``,
+    ``index``). ``str()`` gives the written form back, :meth:`parse` reads it."""
+
+    phase: str
+    ratio: Optional[str] = None
+    seed: int = PYIQA_SEED
+    index: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "SplitSpec":
+        """``all``, a split name (``train``, ``test``, …) or ``RATIO:PHASE[:SEED[:INDEX]]``
+        (``802:test``, ``721:val:123:2``).
+
+        Raises:
+            ValueError: naming the part that is wrong and the syntax.
+        """
+        syntax = "write all, a split name such as test, or RATIO:PHASE[:SEED[:INDEX]] such as 802:test"
+        parts = text.strip().split(":")
+        if len(parts) == 1:
+            if not parts[0] or not parts[0].replace("_", "").isalnum():
+                raise ValueError(f"split {text!r}: {syntax}.")
+            return cls(parts[0])
+        if len(parts) > 4:
+            raise ValueError(f"split {text!r}: too many ':' parts; {syntax}.")
+        ratio, phase, *rest = parts
+        parse_ratio(ratio)
+        if phase not in PHASES:
+            raise ValueError(f"split {text!r}: the part after the ratio must be one of {', '.join(PHASES)}, got {phase!r}.")
+        numbers = []
+        for name, value, low in zip(("seed", "index"), rest, (0, 1)):
+            if not value.isdigit() or int(value) < low:
+                raise ValueError(f"split {text!r}: {name} must be a whole number ≥ {low}, got {value!r}; {syntax}.")
+            numbers.append(int(value))
+        return cls(phase, ratio, *numbers)
+
+    def __str__(self) -> str:
+        if self.ratio is None:
+            return self.phase
+        return f"{self.ratio}:{self.phase}:{self.seed}:{self.index}"
+
+    def select(self, records: Sequence[T], key: Callable[[T], str] = lambda record: record.name) -> list[T]:  # type: ignore[attr-defined]
+        """This spec's part of ``records`` (all of them without a ratio: the caller loaded the split)."""
+        if self.ratio is None:
+            return list(records)
+        return ratio_split(records, self.ratio, seed=self.seed, split_index=self.index, key=key)[self.phase]

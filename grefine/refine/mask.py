@@ -34,6 +34,11 @@ class MaskResult:
     binary: np.ndarray
     soft: np.ndarray
 
+    @classmethod
+    def empty(cls, size: tuple[int, int]) -> "MaskResult":
+        """Nothing to refine, at ``size`` (height, width)."""
+        return cls(binary=np.zeros(size, bool), soft=np.zeros(size, np.float32))
+
     @property
     def is_empty(self) -> bool:
         """True when nothing is to be refined; stage 1 is then skipped."""
