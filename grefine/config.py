@@ -73,7 +73,9 @@ class MaskConfig:
 class Stage1Config:
     """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength];
     ``steps``: denoising steps run (None = n1 of Eq. 10); ``prompt_suffix``: text appended to
-    the (emphasised) prompt."""
+    the (emphasised) prompt; ``vae``: hub id or folder of a VAE loaded in place of the model's
+    own, e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in fp16
+    (None = the model's own; the default model already ships that fp16-fixed VAE)."""
 
     model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     variant: Optional[str] = "fp16"
@@ -83,6 +85,7 @@ class Stage1Config:
     max_strength: float = 0.9
     steps: Optional[int] = None
     prompt_suffix: str = ""
+    vae: Optional[str] = None
     tiny_random: bool = False
 
 
@@ -113,6 +116,32 @@ class AblationConfig:
     drop_stage2: bool = False
 
 
+COMPILE_TARGETS = ("unet", "controlnet", "vae")
+"""What ``speed.compile`` can name: both stages' UNets, PASD's ControlNet, both VAEs."""
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile``'s modes (``reduce-overhead`` adds CUDA graphs)."""
+
+
+@dataclass
+class SpeedConfig:
+    """Speed switches of the diffusion models (:mod:`grefine.refine.speedups`), each off by default.
+
+    ``compile``: the models to ``torch.compile``, any of :data:`COMPILE_TARGETS`, with
+    ``compile_mode`` (None = torch's default), ``compile_fullgraph``, ``compile_dynamic`` (None =
+    automatic) and ``compile_backend``; ``fuse_qkv``: diffusers' fused QKV projections in every
+    attention of the UNets, the ControlNet and the VAEs; ``channels_last``: those models in
+    channels-last memory format."""
+
+    compile: list[str] = field(default_factory=list)
+    compile_mode: Optional[str] = None
+    compile_fullgraph: bool = False
+    compile_dynamic: Optional[bool] = None
+    compile_backend: str = "inductor"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+
 @dataclass
 class GRefineConfig:
     """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total)."""
@@ -128,6 +157,7 @@ class GRefineConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     metrics: list[str] = field(default_factory=list)
     source: str = "<defaults>"
 
@@ -159,6 +189,7 @@ class GRefineConfig:
         if not 0.0 <= config.stage2.strength <= 1.0:
             raise ConfigError(f"config {source}: stage2.strength (δ) must lie in [0, 1].")
         _check_refinement(config, source)
+        _check_speed(config, source)
         return config
 
 
@@ -188,9 +219,55 @@ def _check_refinement(config: GRefineConfig, source: str) -> None:
             "satisfy 0 < min_strength ≤ max_strength ≤ 1",
         ),
         ("stage1.prompt_suffix", stage1.prompt_suffix, lambda v: isinstance(v, str), "be a string"),
+        ("stage1.vae", stage1.vae, lambda v: v is None or (isinstance(v, str) and v.strip()), "be null or a hub id / folder"),
         ("stage1.steps", stage1.steps, optional_count, "be null or an integer ≥ 1"),
         ("stage2.steps", config.stage2.steps, optional_count, "be null or an integer ≥ 1"),
     ]
+    _refuse_invalid(checks, source)
+
+
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+
+
+def _check_speed(config: GRefineConfig, source: str) -> None:
+    """Types and ranges of ``dtype`` and the ``speed`` section; ``speed.compile`` with
+    ``cpu_offload`` is refused (the offload hooks move the weights on every call)."""
+    speed = config.speed
+
+    def flag(value) -> bool:
+        return isinstance(value, bool)
+
+    def targets(value) -> bool:
+        return isinstance(value, list) and len(set(value)) == len(value) and all(v in COMPILE_TARGETS for v in value)
+
+    checks = [
+        ("dtype", config.dtype, lambda v: v in DTYPES, f"be one of {', '.join(DTYPES)}"),
+        ("speed.compile", speed.compile, targets, f"be a list of distinct names from {list(COMPILE_TARGETS)}"),
+        ("speed.compile_mode", speed.compile_mode, lambda v: v is None or v in COMPILE_MODES, f"be null or one of {list(COMPILE_MODES)}"),
+        ("speed.compile_fullgraph", speed.compile_fullgraph, flag, "be true or false"),
+        ("speed.compile_dynamic", speed.compile_dynamic, lambda v: v is None or flag(v), "be null, true or false"),
+        ("speed.fuse_qkv", speed.fuse_qkv, flag, "be true or false"),
+        ("speed.channels_last", speed.channels_last, flag, "be true or false"),
+    ]
+    _refuse_invalid(checks, source)
+    if speed.compile and config.cpu_offload:
+        raise ConfigError(
+            f"config {source}: speed.compile cannot be combined with cpu_offload (the offload hooks move the "
+            "weights between devices on every call); turn one of them off."
+        )
+    if speed.compile:
+        import torch._dynamo  # only when compiling: it takes seconds to import
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if speed.compile_backend not in backends:
+            raise ConfigError(
+                f"config {source}: speed.compile_backend must be a torch.compile backend ({', '.join(sorted(backends))}), "
+                f"got {speed.compile_backend!r}."
+            )
+
+
+def _refuse_invalid(checks: list, source: str) -> None:
+    """Raise :class:`ConfigError` for the first ``(key, value, valid, rule)`` whose value is not valid."""
     for key, value, valid, rule in checks:
         try:
             ok = bool(valid(value))

@@ -13,3 +13,15 @@ class MissingWeightsError(OSError):
     def for_source(cls, what: str, source: str, cause: BaseException | None = None) -> "MissingWeightsError":
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
         return cls(f"cannot load {what} from '{source}'{detail}. {CHECKPOINTS_HELP}")
+
+
+class NonFiniteImageError(RuntimeError):
+    """A diffusion stage produced NaN or infinite pixels, which would be written as black."""
+
+    @classmethod
+    def for_stage(cls, stage: str, dtype: object) -> "NonFiniteImageError":
+        return cls(
+            f"{stage} produced NaN/inf pixels (models in {dtype}). In fp16 this is usually the VAE overflowing: "
+            "set dtype to bf16 or fp32, or for stage 1 set stage1.vae to an fp16-fixed VAE "
+            "(e.g. madebyollin/sdxl-vae-fp16-fix)."
+        )

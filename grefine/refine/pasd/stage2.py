@@ -37,6 +37,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from grefine.errors import NonFiniteImageError
+
 from .color_fix import ColorFix, apply_color_fix
 from .controlnet import PASDControlNetModel
 from .loading import load_component, load_pasd_model
@@ -178,6 +180,8 @@ class PASDStage2(DiffusionPipeline):
         work_image = self._working_image(image, target_size)
         pixels = _pad_to_multiple(_to_tensor(work_image), vae_scale_factor(self.vae)).to(self._execution_device)
         restored = self._restore(pixels, prompt, num_steps, num_inference_steps, generator)
+        if not torch.isfinite(restored).all():
+            raise NonFiniteImageError.for_stage("stage 2 (PASD)", self.unet.dtype)
         restored = apply_color_fix(restored.float(), pixels.float(), self.config.color_fix)
         result = _to_pil(restored[..., : work_image.height, : work_image.width])
         return result.resize(target_size, Image.BICUBIC) if result.size != target_size else result
