@@ -9,8 +9,9 @@ Pipeline of one call ``AQMap(model, tokenizer)(image, prompt)``:
    with the VVV image tokens (Eq. 1) and the text features L2-normalised:
    ``s = tokens · (C_T(text) − C_T(""))`` — the empty string's feature is CLIP-Surgery's redundant
    feature, removed by subtraction. All texts of a prompt (and ``""``) go through the text tower
-   as one batch; each text is encoded on its own, so a prompt longer than CLIP's context only
-   truncates the whole-prompt term (with a warning).
+   as one batch — all texts of all prompts for a batch of images (:meth:`AQMap.read`, whose VVV
+   tokens may come from a tower pass shared with PQ-Map); each text is encoded on its own, so a
+   prompt longer than CLIP's context only truncates the whole-prompt term (with a warning).
 3. the score of a text is ``σ(10·s_CLS)`` and its map is ``s`` over the patch grid, min-max
    normalised per text and resized bicubically to the image (BIC);
 4. Eq. 6-8 (:func:`classify_defects`, :func:`merge_defect_map`, :func:`emphasize_defects`,

@@ -3,8 +3,9 @@
 Pipeline of one call:
 
 1. the image is resized (bicubic, no crop) to the CLIP input size and encoded by the
-   VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`); the token features are
-   L2-normalised, as in the authors' script;
+   VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`; :meth:`PQMap.read` takes
+   the tokens of a :class:`~grefine.maps.clip_surgery.TowerPasses`, whose pass AQ-Map may share);
+   the token features are L2-normalised, as in the authors' script;
 2. four quality-prompt pairs T_p (overall, technical, rational, natural; row 0 positive, row 1
    negative) are encoded by the text tower from their *token embeddings* (Eq. 2) — the official
    learned embeddings — or, when none are given, from plain CLIP-IQA style antonym texts;

@@ -180,6 +180,7 @@ class PASDStage2(DiffusionPipeline):
         work_image = self._working_image(image, target_size)
         pixels = _pad_to_multiple(_to_tensor(work_image), vae_scale_factor(self.vae)).to(self._execution_device)
         restored = self._restore(pixels, prompt, num_steps, num_inference_steps, generator)
+        self.maybe_free_model_hooks()  # with model CPU offload: the VAE, used last, leaves the GPU too
         if not torch.isfinite(restored).all():
             raise NonFiniteImageError.for_stage("stage 2 (PASD)", self.unet.dtype)
         restored = apply_color_fix(restored.float(), pixels.float(), self.config.color_fix)
