@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils._pytree import tree_map  # noqa: E402
 
 from grefine.config import COMPILE_MODES, COMPILE_TARGETS, ConfigError, GRefineConfig  # noqa: E402
 from grefine.pipeline import GRefinePipeline, resolve_dtype  # noqa: E402
@@ -169,8 +170,8 @@ class Denoiser:
 
     def record(self, module, args, kwargs) -> None:
         self.calls += 1
-        if self.inputs is None:
-            self.inputs = (args, kwargs)
+        if self.inputs is None:  # copies: CUDA-graph outputs (compile mode reduce-overhead) are reused
+            self.inputs = tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, (args, kwargs))
 
 
 @dataclass
