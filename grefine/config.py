@@ -65,7 +65,7 @@ def within(low: Optional[float] = None, high: Optional[float] = None, *, low_ope
 
 
 def one_of(*choices: object) -> dict:
-    """Field metadata: the value is one of ``choices``."""
+    """Field metadata: the value (each element of a list) is one of ``choices``."""
     return {"choices": choices}
 
 
@@ -115,7 +115,9 @@ class MaskConfig:
 class Stage1Config:
     """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength];
     ``steps``: denoising steps run (None = n1 of Eq. 10); ``prompt_suffix``: text appended to
-    the (emphasised) prompt."""
+    the (emphasised) prompt; ``vae``: hub id or folder of a VAE loaded in place of the model's
+    own, e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in fp16
+    (None = the model's own; the default model already ships that fp16-fixed VAE)."""
 
     model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     variant: Optional[str] = "fp16"
@@ -125,6 +127,7 @@ class Stage1Config:
     max_strength: float = field(default=0.9, metadata=within(0, 1, low_open=True))
     steps: Optional[int] = field(default=None, metadata=within(1))
     prompt_suffix: str = ""
+    vae: Optional[str] = None
     tiny_random: bool = False
 
 
@@ -155,6 +158,32 @@ class AblationConfig:
     drop_pq_map: bool = False
     drop_aq_map: bool = False
     drop_stage2: bool = False
+
+
+COMPILE_TARGETS = ("unet", "controlnet", "vae")
+"""What ``speed.compile`` can name: both stages' UNets, PASD's ControlNet, both VAEs."""
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile``'s modes (``reduce-overhead`` adds CUDA graphs)."""
+
+
+@dataclass
+class SpeedConfig:
+    """Speed switches of the diffusion models (:mod:`grefine.refine.speedups`), each off by default.
+
+    ``compile``: the models to ``torch.compile``, any of :data:`COMPILE_TARGETS`, with
+    ``compile_mode`` (None = torch's default), ``compile_fullgraph``, ``compile_dynamic`` (None =
+    automatic) and ``compile_backend``; ``fuse_qkv``: diffusers' fused QKV projections in every
+    attention of the UNets, the ControlNet and the VAEs; ``channels_last``: those models in
+    channels-last memory format."""
+
+    compile: list[str] = field(default_factory=list, metadata=one_of(*COMPILE_TARGETS))
+    compile_mode: Optional[str] = field(default=None, metadata=one_of(None, *COMPILE_MODES))
+    compile_fullgraph: bool = False
+    compile_dynamic: Optional[bool] = None
+    compile_backend: str = "inductor"
+    fuse_qkv: bool = False
+    channels_last: bool = False
 
 
 @dataclass
@@ -210,6 +239,7 @@ class GRefineConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     metrics: list[str] = field(default_factory=list)
     metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     source: str = "<defaults>"
@@ -245,6 +275,7 @@ class GRefineConfig:
                 f"stage1.max_strength ({config.stage1.max_strength:g})."
             )
         _check_gate(config, source)
+        _check_speed(config, source)
         return config
 
 
@@ -279,7 +310,7 @@ def check_value(kind: type, name: str, value: Any, where: str) -> Any:
         hint = f"; write it as a list, e.g. [{value}]" if typing.get_origin(annotation) is list and isinstance(value, (str, int, float)) else ""
         raise ConfigError(f"{where} must be {_describe(annotation)}, got {value!r} ({_yaml_kind(value)}){hint}.")
     choices = spec.metadata.get("choices")
-    if choices is not None and checked not in choices:
+    if choices is not None and any(item not in choices for item in (checked if isinstance(checked, list) else [checked])):
         raise ConfigError(f"{where} must be one of {', '.join('null' if c is None else str(c) for c in choices)}; got {value!r}.")
     bound = spec.metadata.get("bound")
     if bound is not None:
@@ -336,6 +367,29 @@ def _yaml_kind(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _check_speed(config: GRefineConfig, source: str) -> None:
+    """Cross-field rules of the ``speed`` section: a model named twice in ``compile``,
+    ``compile`` with ``cpu_offload`` (the offload hooks move the weights on every call) and an
+    unknown compile backend are refused."""
+    speed = config.speed
+    if len(set(speed.compile)) != len(speed.compile):
+        raise ConfigError(f"config {source}: speed.compile names a model twice: {speed.compile}.")
+    if speed.compile and config.cpu_offload:
+        raise ConfigError(
+            f"config {source}: speed.compile cannot be combined with cpu_offload (the offload hooks move the "
+            "weights between devices on every call); turn one of them off."
+        )
+    if speed.compile:
+        import torch._dynamo  # only when compiling: it takes seconds to import
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if speed.compile_backend not in backends:
+            raise ConfigError(
+                f"config {source}: speed.compile_backend must be a torch.compile backend ({', '.join(sorted(backends))}), "
+                f"got {speed.compile_backend!r}."
+            )
 
 
 def _build(kind: type, data: dict[str, Any], source: str, section: str):

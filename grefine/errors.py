@@ -24,3 +24,15 @@ def printable(text: str) -> str:
     """``text`` safe to print and to write as UTF-8: bytes of a file name that were not valid
     UTF-8 (kept by Python as surrogate escapes) are shown as ``\\xNN``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class NonFiniteImageError(RuntimeError):
+    """A diffusion stage produced NaN or infinite pixels, which would be written as black."""
+
+    @classmethod
+    def for_stage(cls, stage: str, dtype: object) -> "NonFiniteImageError":
+        return cls(
+            f"{stage} produced NaN/inf pixels (models in {dtype}). In fp16 this is usually the VAE overflowing: "
+            "set dtype to bf16 or fp32, or for stage 1 set stage1.vae to an fp16-fixed VAE "
+            "(e.g. madebyollin/sdxl-vae-fp16-fix)."
+        )

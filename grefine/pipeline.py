@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import Optional, Protocol, Sequence, Union
 
 import torch
 from PIL import Image
@@ -29,9 +29,11 @@ from PIL import Image
 from grefine.config import GateBounds, GateConfig, GRefineConfig
 from grefine.image_io import ImageInput, as_rgb_image
 from grefine.maps.aq_map import AQMap, AQMapResult
+from grefine.maps.clip_surgery import TowerPasses
 from grefine.maps.pq_map import PQMap, PQMapResult, load_open_clip
 from grefine.refine.mask import MaskResult, binarize, stage1_strength
-from grefine.refine.stage1 import InpaintStage1, Stage1Result
+from grefine.refine.speedups import apply_speed
+from grefine.refine.stage1 import InpaintStage1, Stage1Result, place_pipeline
 from grefine.weights import check_weights
 
 
@@ -179,6 +181,7 @@ class GRefinePipeline:
         pq_map, aq_map = build_maps(config, device, dtype)
         stage1 = _build_stage1(config, device, dtype)
         stage2 = _build_stage2(config, device, dtype)
+        apply_speed(config.speed, [stage1.pipe] + ([stage2] if stage2 is not None else []))
         return cls(pq_map, aq_map, stage1, stage2, config)
 
     def __call__(self, image: ImageInput, prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
@@ -192,7 +195,7 @@ class GRefinePipeline:
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
-        pq, aq = self._perceptual_map(image), self._alignment_map(image, prompt)
+        [(pq, aq)] = self.maps([image], [prompt])
         timings["maps"] = time.perf_counter() - start
 
         gate = gate_decision(pq.score, aq.score, config.gate)
@@ -252,17 +255,29 @@ class GRefinePipeline:
             gate=gate,
         )
 
-    def _perceptual_map(self, image: Image.Image) -> PQMapResult:
-        """PQ-Map (Eq. 1-3), or P = 1 when the ablation drops it."""
-        if self.config.ablation.drop_pq_map:
-            return PQMapResult.neutral((image.height, image.width))
-        return self.pq_map(image)
+    def maps(
+        self, images: Sequence[ImageInput], prompts: Sequence[str]
+    ) -> list[tuple[PQMapResult, AQMapResult]]:
+        """PQ-Map (Eq. 1-3) and AQ-Map (Eq. 4-8) of a batch of images, one (PQ, AQ) pair per image.
 
-    def _alignment_map(self, image: Image.Image, prompt: str) -> AQMapResult:
-        """AQ-Map (Eq. 4-8), or D = 0 and no emphasis when the ablation drops it."""
-        if self.config.ablation.drop_aq_map:
-            return AQMapResult.neutral(prompt, (image.height, image.width))
-        return self.aq_map(image, prompt)
+        The batch runs as one: the VVV image tower runs once per image for both maps when they
+        read the same tower (one CLIP, equal VVV blocks, attention and input size: the default
+        config), else once per map (:class:`~grefine.maps.clip_surgery.TowerPasses`); images are
+        grouped by CLIP input size, one tower forward per group; the texts of all prompts go
+        through the text tower as one batch. A map the ``ablation`` config drops is its neutral
+        result (P = 1 / D = 0, score NaN) and is not computed.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"need one prompt per image: {len(images)} images, {len(prompts)} prompts")
+        tower = TowerPasses([as_rgb_image(image, max_pixels=self.config.max_pixels) for image in images])
+        sizes = [(image.height, image.width) for image in tower.images]
+        ablation = self.config.ablation
+        pq = [PQMapResult.neutral(size) for size in sizes] if ablation.drop_pq_map else self.pq_map.read(tower)
+        if ablation.drop_aq_map:
+            aq = [AQMapResult.neutral(prompt, size) for prompt, size in zip(prompts, sizes)]
+        else:
+            aq = self.aq_map.read(tower, prompts)
+        return list(zip(pq, aq))
 
 
 def _unrefined(image: Image.Image, pq: PQMapResult, aq: AQMapResult, gate: GateDecision, timings: dict[str, float]) -> GRefineOutput:
@@ -295,7 +310,9 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
             if tiny:
                 from grefine.testing import build_tiny_open_clip, build_tiny_pq_clip
 
-                loaded[key] = build_tiny_pq_clip() if text_width_512 else build_tiny_open_clip()
+                build = build_tiny_pq_clip if text_width_512 else build_tiny_open_clip
+                model, tokenizer = build(precision=_PRECISION[dtype])
+                loaded[key] = model.to(device), tokenizer
             else:
                 loaded[key] = load_open_clip(model_name, pretrained, device=device, precision=_PRECISION[dtype])
         return loaded[key]
@@ -329,10 +346,17 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
     if cfg.tiny_random:
         from grefine.testing import build_tiny_sdxl_inpaint_pipeline
 
-        return InpaintStage1(build_tiny_sdxl_inpaint_pipeline(seed=config.seed), resolution=cfg.resolution)
+        pipe = build_tiny_sdxl_inpaint_pipeline(seed=config.seed).to(dtype=dtype)
+        return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution)
     variant = cfg.variant if dtype == torch.float16 else None
     return InpaintStage1.from_pretrained(
-        cfg.model, torch_dtype=dtype, device=device, variant=variant, cpu_offload=config.cpu_offload, resolution=cfg.resolution
+        cfg.model,
+        torch_dtype=dtype,
+        device=device,
+        variant=variant,
+        cpu_offload=config.cpu_offload,
+        resolution=cfg.resolution,
+        vae=cfg.vae,
     )
 
 
@@ -346,18 +370,12 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
     if cfg.tiny_random:
         from grefine.testing import build_tiny_pasd_stage2
 
-        stage2 = build_tiny_pasd_stage2(seed=config.seed, **options)
+        stage2 = build_tiny_pasd_stage2(seed=config.seed, **options).to(dtype=dtype)
     else:
         from grefine.refine.pasd import PASDStage2
 
         stage2 = PASDStage2.from_pretrained(
-            base_model=cfg.base_model,
-            pasd_model=cfg.pasd_model,
-            torch_dtype=dtype,
-            device=None if config.cpu_offload else device,
-            **options,
+            base_model=cfg.base_model, pasd_model=cfg.pasd_model, torch_dtype=dtype, **options
         )
-        if config.cpu_offload:
-            stage2.enable_model_cpu_offload(device=device)
     stage2.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
-    return stage2
+    return place_pipeline(stage2, device, config.cpu_offload)

@@ -25,10 +25,14 @@ def build_tiny_open_clip(
     text_layers: int = 2,
     text_heads: int = 4,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> tuple[nn.Module, Callable]:
     """A tiny open_clip ``CLIP`` (ViT image tower, 77-token text tower) and its real BPE
-    tokenizer (the vocabulary ships inside open_clip, so no download is needed)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    tokenizer (the vocabulary ships inside open_clip, so no download is needed).
+
+    ``precision`` ``fp16``/``bf16`` builds it as ``open_clip.create_model(precision=...)`` does:
+    fp32 LayerNorms and embeddings, half-precision linear, convolution and attention weights."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, convert_weights_to_lp, get_cast_dtype
     from open_clip.tokenizer import SimpleTokenizer
 
     torch.manual_seed(seed)
@@ -46,19 +50,22 @@ def build_tiny_open_clip(
         heads=text_heads,
         layers=text_layers,
     )
-    model = CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text).eval()
+    cast_dtype = get_cast_dtype(precision)
+    model = CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, cast_dtype=cast_dtype).eval()
     # open_clip initialises positional embeddings and LayerNorms to near-constant values;
     # perturb every parameter so that tests cannot pass by symmetry.
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
+    if cast_dtype is not None:
+        convert_weights_to_lp(model, cast_dtype)
     return model, SimpleTokenizer(context_length=77)
 
 
-def build_tiny_pq_clip(seed: int = 0) -> tuple[nn.Module, Callable]:
+def build_tiny_pq_clip(seed: int = 0, precision: str = "fp32") -> tuple[nn.Module, Callable]:
     """A tiny CLIP whose text tower has ViT-B/16's width (512), so that the official PQ-Map
     prompt embeddings (width 512, 77 tokens) flow through it."""
-    return build_tiny_open_clip(text_width=512, text_layers=1, text_heads=8, seed=seed)
+    return build_tiny_open_clip(text_width=512, text_layers=1, text_heads=8, seed=seed, precision=precision)
 
 
 def build_tiny_clip_tokenizer(model_max_length: int = 77):

@@ -108,6 +108,8 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     needed = map_weights(config)
     if not config.stage1.tiny_random:
         needed.append(WeightSource("SDXL inpainting (stage 1)", config.stage1.model, "stage1.model"))
+        if config.stage1.vae:
+            needed.append(WeightSource("VAE replacing stage 1's own", config.stage1.vae, "stage1.vae"))
     stage2 = config.stage2
     if stage2.type and not stage2.tiny_random and stage2.strength > 0 and not config.ablation.drop_stage2:
         needed.append(WeightSource("Stable Diffusion 1.5 base (stage 2)", stage2.base_model, "stage2.base_model"))

@@ -269,6 +269,9 @@ class PlantedPQ:
     def __init__(self, bad: bool = False):
         self.bad, self.calls = bad, 0
 
+    def read(self, tower):
+        return [self(image) for image in tower.images]
+
     def __call__(self, image):
         self.calls += 1
         P = np.full((H, W), 0.9, np.float32)
@@ -283,6 +286,9 @@ class PlantedAQ:
 
     def __init__(self, missing_table: bool = False):
         self.missing_table, self.calls = missing_table, 0
+
+    def read(self, tower, prompts):
+        return [self(image, prompt) for image, prompt in zip(tower.images, prompts)]
 
     def __call__(self, image, prompt):
         self.calls += 1

@@ -73,7 +73,13 @@ def test_map_scorers_share_one_clip_and_give_the_maps_scores(tiny_config, image)
     scorer = scorers[0]
     assert [s.name for s in scorer.specs] == ["pq", "aq", "pq_aq", "clip_surgery"]
     assert scorer.pq_map.surgery.model is scorer.aq_map.surgery.model  # build_maps shares the CLIP
-    values = scorer(image, PROMPT)
+    passes = []
+    hook = scorer.pq_map.surgery.visual.conv1.register_forward_hook(lambda *args: passes.append(1))
+    try:
+        values = scorer(image, PROMPT)
+    finally:
+        hook.remove()
+    assert passes == [1]  # PQ-Map and AQ-Map read one image-tower pass
     p, aq = scorer.pq_map(image).score, scorer.aq_map(image, PROMPT)
     assert values == pytest.approx({"pq": p, "aq": aq.score, "pq_aq": p * aq.score, "clip_surgery": aq.prompt_score})
     assert 0 < values["pq"] < 1 and 0 < values["clip_surgery"] < 1
@@ -82,7 +88,7 @@ def test_map_scorers_share_one_clip_and_give_the_maps_scores(tiny_config, image)
 class _Refuses:
     """A map that must not run."""
 
-    def __call__(self, *args, **kwargs):
+    def read(self, *args, **kwargs):
         raise AssertionError("this map was not needed")
 
 

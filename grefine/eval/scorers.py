@@ -33,7 +33,9 @@ from grefine.eval.metrics import (
     describe_metric,
     list_metrics,
 )
+from grefine.image_io import as_rgb_image
 from grefine.maps.aq_map import AQMap
+from grefine.maps.clip_surgery import TowerPasses
 from grefine.maps.pq_map import PQMap
 from grefine.pipeline import build_maps, resolve_device, resolve_dtype
 
@@ -106,7 +108,8 @@ def scorer_spec(name: str) -> ScorerSpec:
 
 
 class MapScorer:
-    """G-Refine's own scorers on one PQ-Map / AQ-Map pair; runs only the maps its names need."""
+    """G-Refine's own scorers on one PQ-Map / AQ-Map pair; runs only the maps its names need,
+    both from one image-tower pass when they read the same tower."""
 
     def __init__(self, pq_map: PQMap, aq_map: AQMap, names: Sequence[str]) -> None:
         unknown = sorted(set(names) - set(MAP_SCORERS))
@@ -118,8 +121,9 @@ class MapScorer:
 
     def __call__(self, image: Image.Image, prompt: str) -> dict[str, float]:
         names = {spec.name for spec in self.specs}
-        p = self.pq_map(image).score if names & {"pq", "pq_aq"} else None
-        aq = self.aq_map(image, prompt) if names & {"aq", "pq_aq", "clip_surgery"} else None
+        tower = TowerPasses([as_rgb_image(image)])  # one image-tower pass when both maps share it
+        p = self.pq_map.read(tower)[0].score if names & {"pq", "pq_aq"} else None
+        aq = self.aq_map.read(tower, [prompt])[0] if names & {"aq", "pq_aq", "clip_surgery"} else None
         values = {
             "pq": p,
             "aq": aq.score if aq else None,

@@ -65,8 +65,12 @@ def _text_config(tokenizer, **sizes):
     )
 
 
-def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype):
-    """SDXL-inpainting at full size, random weights, on ``device`` in ``dtype``."""
+def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype, vae_force_upcast: bool = False):
+    """SDXL-inpainting at full size, random weights, on ``device`` in ``dtype``.
+
+    ``vae_force_upcast`` is False as in ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``,
+    whose VAE is the fp16-fixed one (it runs in fp16); True times a VAE that diffusers runs in
+    fp32 when the pipeline is in fp16 (the plain SDXL VAE)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -76,13 +80,12 @@ def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype)
     )
 
     tokenizer = build_tiny_clip_tokenizer()
-    with device:
-        unet = UNet2DConditionModel(**SDXL_INPAINT_UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG, sample_size=1024, scaling_factor=0.13025)
-        text_encoder = CLIPTextModel(_text_config(tokenizer, **CLIP_L_TEXT))
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, **CLIP_BIGG_TEXT))
-    pipe = assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
-    return pipe.to(device=device, dtype=dtype)
+    with device:  # each model cast as soon as it exists: one fp32 model at a time in memory
+        unet = UNet2DConditionModel(**SDXL_INPAINT_UNET_CONFIG).to(dtype)
+        vae = AutoencoderKL(**VAE_CONFIG, sample_size=1024, scaling_factor=0.13025, force_upcast=vae_force_upcast).to(dtype)
+        text_encoder = CLIPTextModel(_text_config(tokenizer, **CLIP_L_TEXT)).to(dtype)
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, **CLIP_BIGG_TEXT)).to(dtype)
+    return assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
 
 
 def build_random_pasd_stage2(device: torch.device, dtype: torch.dtype, **options):
@@ -98,11 +101,11 @@ def build_random_pasd_stage2(device: torch.device, dtype: torch.dtype, **options
     from grefine.testing import build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()
-    with device:
-        unet = PASDUNet2DConditionModel(**SD15_UNET_CONFIG)
-        controlnet = PASDControlNetModel.from_unet(unet)
-        vae = AutoencoderKL(**VAE_CONFIG, sample_size=512, scaling_factor=0.18215)
-        text_encoder = CLIPTextModel(_text_config(tokenizer, **CLIP_L_TEXT))
+    with device:  # each model cast as soon as it exists: one fp32 model at a time in memory
+        unet = PASDUNet2DConditionModel(**SD15_UNET_CONFIG).to(dtype)
+        controlnet = PASDControlNetModel.from_unet(unet).to(dtype)
+        vae = AutoencoderKL(**VAE_CONFIG, sample_size=512, scaling_factor=0.18215).to(dtype)
+        text_encoder = CLIPTextModel(_text_config(tokenizer, **CLIP_L_TEXT)).to(dtype)
     scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     stage2 = PASDStage2(
         vae=vae.eval(),
@@ -113,4 +116,4 @@ def build_random_pasd_stage2(device: torch.device, dtype: torch.dtype, **options
         scheduler=scheduler,
         **options,
     )
-    return stage2.to(device=device, dtype=dtype)
+    return stage2

@@ -9,8 +9,9 @@ Pipeline of one call ``AQMap(model, tokenizer)(image, prompt)``:
    with the VVV image tokens (Eq. 1) and the text features L2-normalised:
    ``s = tokens · (C_T(text) − C_T(""))`` — the empty string's feature is CLIP-Surgery's redundant
    feature, removed by subtraction. All texts of a prompt (and ``""``) go through the text tower
-   as one batch; each text is encoded on its own, so a prompt longer than CLIP's context only
-   truncates the whole-prompt term (with a warning).
+   as one batch — all texts of all prompts for a batch of images (:meth:`AQMap.read`, whose VVV
+   tokens may come from a tower pass shared with PQ-Map); each text is encoded on its own, so a
+   prompt longer than CLIP's context only truncates the whole-prompt term (with a warning).
 3. the score of a text is ``σ(10·s_CLS)`` and its map is ``s`` over the patch grid, min-max
    normalised per text and resized bicubically to the image (BIC);
 4. Eq. 6-8 (:func:`classify_defects`, :func:`merge_defect_map`, :func:`emphasize_defects`,
@@ -64,8 +65,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grefine.image_io import PathLike, as_rgb_image, resize_map, to_clip_tensor
-from grefine.maps.clip_surgery import InputSize, vvv_surgery
+from grefine.image_io import PathLike, as_rgb_image, resize_map
+from grefine.maps.clip_surgery import ImageTokens, InputSize, TowerPasses, vvv_surgery
 from grefine.maps.syntax_tree import (
     ParsedPrompt,
     clean_prompt,
@@ -287,6 +288,15 @@ def _scored_noun(phrase) -> Optional[str]:
     return phrase.noun if phrase.noun is not None and is_content_word(phrase.noun) else None
 
 
+def alignment_texts(parsed: ParsedPrompt) -> list[str]:
+    """The texts Eq. 5 scores for a parsed prompt, each once: the cleaned prompt, the non-empty
+    phrase contents (stop words and punctuation removed) and the phrases' nouns (a phrase without
+    a scored noun stands for its noun)."""
+    contents = [phrase.content for phrase in parsed.phrases]
+    nouns = [_scored_noun(phrase) or phrase.content for phrase in parsed.phrases]
+    return list(dict.fromkeys([parsed.clean_text, *(t for t in contents if t), *(t for t in nouns if t)]))
+
+
 def aq_map_from_aligner(
     parsed: ParsedPrompt,
     image: Image.Image,
@@ -301,15 +311,13 @@ def aq_map_from_aligner(
 
     ``aligner(image, texts)`` must return an object with ``.scores`` (K,) and ``.maps`` (K, H, W)
     (H×W = the image's size, values in [0, 1], higher = better aligned) for the K ``texts``. It is
-    called once, with each distinct text once: the cleaned prompt (``parsed.clean_text``), the
-    non-empty phrase contents (stop words and punctuation removed) and the phrases' nouns (a
-    phrase without a scored noun stands for its noun). ``a_bound``, ``beta`` and ``margin`` are
+    called once, with :func:`alignment_texts` of ``parsed``. ``a_bound``, ``beta`` and ``margin`` are
     Eq. 6-8's bounds, ``emphasis`` Eq. 7's weight (see the module docstring).
     """
     scored = [bool(phrase.content) for phrase in parsed.phrases]
     nouns = [_scored_noun(phrase) or phrase.content for phrase in parsed.phrases]
     contents = [phrase.content for phrase in parsed.phrases]
-    texts = list(dict.fromkeys([parsed.clean_text, *(t for t in contents if t), *(t for t in nouns if t)]))
+    texts = alignment_texts(parsed)
     alignment = aligner(image, texts)
     row = {text: k for k, text in enumerate(texts)}
     size = tuple(alignment.maps.shape[1:])
@@ -436,23 +444,50 @@ class AQMap(nn.Module):
         features = self.surgery.model.encode_text(self.tokenizer(list(texts)).to(device))
         return F.normalize(features.float(), dim=-1)
 
+    def text_directions(self, texts: Sequence[str]) -> torch.Tensor:
+        """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D), all texts and ``""`` in one batch."""
+        features = self.encode_texts(["", *texts])
+        return features[1:] - features[:1]
+
     @torch.no_grad()
     def align(self, image: Image.Image, texts: Sequence[str]) -> Alignment:
         """Eq. 5 for ``texts``: ``s = tokens · (C_T(text) − C_T(""))``, scores ``σ(10·s_CLS)``,
         maps min-max normalised per text over the patches and resized (BIC) to the image."""
-        features = self.encode_texts(["", *texts])
-        directions = features[1:] - features[:1]
-        batch = to_clip_tensor([image], self.surgery.input_size(image.size, self.input_size), self.surgery.image_mean, self.surgery.image_std)
-        tokens, grid = self.surgery.forward_tokens_with_grid(batch.to(directions.device))
-        similarity = F.normalize(tokens[0].float(), dim=-1) @ directions.t()  # (1 + h·w, K)
+        tokens = TowerPasses([image]).tokens(self.surgery, self.input_size)[0]
+        return self._alignment(tokens, self.text_directions(texts))
+
+    def _alignment(self, image: ImageTokens, directions: torch.Tensor) -> Alignment:
+        """Eq. 5 read out of one image's VVV tokens for the K text ``directions`` (K, D)."""
+        tokens = F.normalize(image.tokens.to(directions.device).float(), dim=-1)
+        similarity = tokens @ directions.t()  # (1 + h·w, K)
         scores = torch.sigmoid(SCORE_TEMPERATURE * similarity[0])
-        patches = minmax_per_text(similarity[1:].t()).view(len(texts), *grid)
-        maps = resize_map(patches, (image.size[1], image.size[0])).clamp(0.0, 1.0)
+        patches = minmax_per_text(similarity[1:].t()).view(len(directions), *image.grid)
+        maps = resize_map(patches, image.image_size).clamp(0.0, 1.0)
         return Alignment(scores=scores.cpu().numpy(), maps=maps.cpu().numpy().astype(np.float32))
+
+    @torch.no_grad()
+    def read(self, tower: TowerPasses, prompts: Sequence[str]) -> list[AQMapResult]:
+        """AQ-Map of every image of ``tower`` for its prompt (Eq. 4-8): the VVV tokens come from
+        ``tower`` (shared with any other map reading the same tower) and the texts of all prompts
+        go through the text tower as one batch, each distinct text once."""
+        if len(prompts) != len(tower.images):
+            raise ValueError(f"need one prompt per image: {len(tower.images)} images, {len(prompts)} prompts")
+        parsed = [parse_prompt(prompt) for prompt in prompts]
+        texts = list(dict.fromkeys(text for parse in parsed for text in alignment_texts(parse)))
+        directions = dict(zip(texts, self.text_directions(texts)))
+        results = []
+        for parse, image, tokens in zip(parsed, tower.images, tower.tokens(self.surgery, self.input_size)):
+
+            def aligner(_image: Image.Image, wanted: Sequence[str], tokens: ImageTokens = tokens) -> Alignment:
+                return self._alignment(tokens, torch.stack([directions[text] for text in wanted]))
+
+            results.append(
+                aq_map_from_aligner(
+                    parse, image, aligner, a_bound=self.a_bound, beta=self.beta, margin=self.margin, emphasis=self.emphasis
+                )
+            )
+        return results
 
     def forward(self, image: Union[Image.Image, PathLike], prompt: str) -> AQMapResult:
         """AQ-Map of one image for its prompt (Eq. 4-8)."""
-        rgb = as_rgb_image(image)
-        return aq_map_from_aligner(
-            parse_prompt(prompt), rgb, self.align, a_bound=self.a_bound, beta=self.beta, margin=self.margin, emphasis=self.emphasis
-        )
+        return self.read(TowerPasses([as_rgb_image(image)]), [prompt])[0]

@@ -17,15 +17,22 @@ and ``"vvv_l2"`` (Eq. 1 as printed: each query row divided by its own L2 norm, s
 ``logits_ij = v_i·v_j / ||v_i||_2``).
 
 Any input size works: the positional embeddings are interpolated bicubically to the patch grid.
+
+:class:`TowerPasses` runs the tower for a batch of images and hands the same tokens to every map
+that reads the same tower (PQ-Map and AQ-Map on one CLIP with the same surgery and input size):
+one image-tower pass per image instead of one per map.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
+
+from grefine.image_io import to_clip_tensor
 
 AttentionMode = Literal["vvv", "vvv_l2"]
 InputSize = Union[None, int, tuple[int, int], Literal["native"]]
@@ -156,6 +163,12 @@ class VVVSurgery(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
+    @property
+    def tower_key(self) -> tuple:
+        """What the tokens depend on besides the input: the model object, the number of VVV
+        blocks and the attention mode. Two surgeries with equal keys give equal tokens."""
+        return (self.model, self.num_blocks, self.attention)
+
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if getattr(self.visual.transformer, "batch_first", True):
             return block(x)
@@ -209,6 +222,53 @@ def vvv_surgery(model: nn.Module, num_blocks: int = 6, attention: AttentionMode 
     return VVVSurgery(model, num_blocks=num_blocks, attention=attention)
 
 
+@dataclass(frozen=True)
+class ImageTokens:
+    """One image's VVV tokens: ``tokens`` (1 + h·w, embed_dim) as :meth:`VVVSurgery.forward_tokens`
+    gives them (projected, un-normalised, token 0 the CLS), on the (h, w) patch ``grid``, for an
+    image of ``image_size`` = (height, width), the size its maps are resized to."""
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+
+
+class TowerPasses:
+    """The VVV image-tower passes (Eq. 1) of one batch of images, each computed once.
+
+    :meth:`tokens` runs the tower on the images that have no tokens yet for that tower and input
+    size, one batched forward per input size, and remembers them: PQ-Map and AQ-Map asking for the
+    same :attr:`VVVSurgery.tower_key` and input size get the same pass; maps whose settings differ
+    get passes of their own.
+    """
+
+    def __init__(self, images: Sequence[Image.Image]) -> None:
+        self.images = list(images)
+        self._tokens: dict[tuple, ImageTokens] = {}
+
+    def tokens(self, surgery: VVVSurgery, input_size: InputSize = None) -> list[ImageTokens]:
+        """Every image's tokens from ``surgery`` at ``input_size`` (see :meth:`VVVSurgery.input_size`)."""
+        sizes = [surgery.input_size(image.size, input_size) for image in self.images]
+        keys = [(surgery.tower_key, size, index) for index, size in enumerate(sizes)]
+        missing: dict[tuple[int, int], list[int]] = {}
+        for index, key in enumerate(keys):
+            if key not in self._tokens:
+                missing.setdefault(sizes[index], []).append(index)
+        for size, indices in missing.items():
+            self._run(surgery, size, indices)
+        return [self._tokens[key] for key in keys]
+
+    @torch.no_grad()
+    def _run(self, surgery: VVVSurgery, size: tuple[int, int], indices: list[int]) -> None:
+        images = [self.images[index] for index in indices]
+        batch = to_clip_tensor(images, size, surgery.image_mean, surgery.image_std)
+        device = surgery.visual.conv1.weight.device
+        tokens, grid = surgery.forward_tokens_with_grid(batch.to(device))
+        for index, image, image_tokens in zip(indices, images, tokens):
+            key = (surgery.tower_key, size, index)
+            self._tokens[key] = ImageTokens(image_tokens, grid, (image.height, image.width))
+
+
 @dataclass
 class TextTower:
     """The pieces of an open_clip text tower, for both ``CLIP`` and ``CustomTextCLIP``."""
@@ -256,8 +316,10 @@ def encode_text_embeddings(model: nn.Module, embeddings: torch.Tensor, eot_posit
             f"(width {tower.width}, context {tower.context_length})."
         )
     length = embeddings.shape[1]
-    dtype = tower.positional_embedding.dtype
-    x = embeddings.to(dtype) + tower.positional_embedding[:length]
+    # The transformer's own weight dtype, as open_clip's encode_text casts: with precision
+    # fp16/bf16 the positional embedding stays fp32 while the blocks are half precision.
+    dtype = tower.transformer.get_cast_dtype()
+    x = embeddings.to(dtype) + tower.positional_embedding[:length].to(dtype)
     mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
     if getattr(tower.transformer, "batch_first", True):
         x = tower.transformer(x, attn_mask=mask)

@@ -3,8 +3,9 @@
 Pipeline of one call:
 
 1. the image is resized (bicubic, no crop) to the CLIP input size and encoded by the
-   VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`); the token features are
-   L2-normalised, as in the authors' script;
+   VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`; :meth:`PQMap.read` takes
+   the tokens of a :class:`~grefine.maps.clip_surgery.TowerPasses`, whose pass AQ-Map may share);
+   the token features are L2-normalised, as in the authors' script;
 2. four quality-prompt pairs T_p (overall, technical, rational, natural; row 0 positive, row 1
    negative) are encoded by the text tower from their *token embeddings* (Eq. 2) — the official
    learned embeddings — or, when none are given, from plain CLIP-IQA style antonym texts;
@@ -38,19 +39,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from grefine.errors import MissingWeightsError
-from grefine.image_io import (
-    ImageInput,
-    PathLike,
-    as_rgb_image,
-    resize_map,
-    to_clip_tensor,
-)
+from grefine.image_io import ImageInput, PathLike, as_rgb_image, resize_map
 from grefine.maps.clip_surgery import (
     AttentionMode,
+    ImageTokens,
     InputSize,
+    TowerPasses,
     encode_text_embeddings,
     vvv_surgery,
 )
@@ -301,32 +297,23 @@ class PQMap(nn.Module):
         return quality_direction(model, embeddings, prompts.eot_positions)
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Eq. 3's L_raw for a preprocessed batch: (B, 1 + h·w, 4) logit differences."""
-        tokens, grid = self.surgery.forward_tokens_with_grid(images.to(self.text_direction.device))
-        tokens = F.normalize(tokens.float(), dim=-1)
-        return tokens @ self.text_direction.t(), grid
+    def read(self, tower: TowerPasses) -> list[PQMapResult]:
+        """PQ-Map of every image of ``tower`` (Eq. 3 read out of the VVV tokens; the tower pass is
+        shared with any other map reading the same tower, see :class:`TowerPasses`)."""
+        return [self._result(tokens) for tokens in tower.tokens(self.surgery, self.input_size)]
 
-    def _results(self, images: list[Image.Image], size: tuple[int, int]) -> list[PQMapResult]:
-        batch = to_clip_tensor(images, size, self.surgery.image_mean, self.surgery.image_std)
-        raw, grid = self.logits(batch)
-        probabilities = torch.sigmoid(raw)
+    def _result(self, image: ImageTokens) -> PQMapResult:
+        tokens = F.normalize(image.tokens.to(self.text_direction.device).float(), dim=-1)
+        probabilities = torch.sigmoid(tokens @ self.text_direction.t())  # Eq. 3's L_raw → σ
         per_token = cask_effect(probabilities, self.alpha)
-        results = []
-        for image, values, probs in zip(images, per_token, probabilities):
-            score = float(values[0])
-            grid_map = values[1:].view(*grid)
-            resized = resize_map(grid_map, (image.size[1], image.size[0]))
-            quality_map = normalize_map(resized, self.map_normalization)
-            results.append(
-                PQMapResult(
-                    map=quality_map.cpu().numpy().astype(np.float32),
-                    score=score,
-                    factor_scores={name: float(p) for name, p in zip(QUALITY_FACTORS, probs[0])},
-                    grid=grid_map.cpu().numpy(),
-                )
-            )
-        return results
+        grid_map = per_token[1:].view(*image.grid)
+        quality_map = normalize_map(resize_map(grid_map, image.image_size), self.map_normalization)
+        return PQMapResult(
+            map=quality_map.cpu().numpy().astype(np.float32),
+            score=float(per_token[0]),
+            factor_scores={name: float(p) for name, p in zip(QUALITY_FACTORS, probabilities[0])},
+            grid=grid_map.cpu().numpy(),
+        )
 
     def forward(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Union[PQMapResult, list[PQMapResult]]:
         """PQ-Map of one image (→ :class:`PQMapResult`) or a list/tuple of them (→ list, one batched
@@ -334,14 +321,8 @@ class PQMap(nn.Module):
         :func:`~grefine.image_io.as_rgb_image` takes (PIL, path, uint8 array, [0, 1] tensor)."""
         single = not isinstance(images, (list, tuple))
         rgb = [as_rgb_image(image) for image in ([images] if single else images)]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(rgb):
-            groups.setdefault(self.surgery.input_size(image.size, self.input_size), []).append(index)
-        results: list[Optional[PQMapResult]] = [None] * len(rgb)
-        for size, indices in groups.items():
-            for index, result in zip(indices, self._results([rgb[i] for i in indices], size)):
-                results[index] = result
-        return results[0] if single else results  # type: ignore[return-value]
+        results = self.read(TowerPasses(rgb))
+        return results[0] if single else results
 
 
 def load_open_clip(

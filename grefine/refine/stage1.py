@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from grefine.errors import MissingWeightsError
+from grefine.errors import MissingWeightsError, NonFiniteImageError
 from grefine.maps.aq_map import EmphasizedPrompt
 from grefine.refine.mask import MaskResult
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionXLInpaintPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionXLInpaintPipeline
 
 DEFAULT_INPAINT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 
@@ -130,6 +130,7 @@ class InpaintStage1:
         variant: str | None = None,
         cpu_offload: bool = False,
         resolution: int | None = 1024,
+        vae: str | None = None,
         **kwargs,
     ) -> InpaintStage1:
         """Load a ``StableDiffusionXLInpaintPipeline`` from a hub id or a local folder.
@@ -143,16 +144,28 @@ class InpaintStage1:
             cpu_offload: ``enable_model_cpu_offload`` (accelerate) instead of moving the whole
                 pipeline to the device: one sub-model at a time on the GPU, for small GPUs.
             resolution: working long side, see the class docstring.
+            vae: hub id or folder of an ``AutoencoderKL`` loaded in place of the model's own VAE,
+                e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in
+                fp16. In fp16, diffusers runs a VAE whose config sets ``force_upcast`` in fp32;
+                the fp16-fixed VAE (which the default model already ships) runs in fp16.
             **kwargs: passed to ``StableDiffusionXLInpaintPipeline.from_pretrained``.
 
         Raises:
             ModelUnavailable: the weights are neither cached nor downloadable.
         """
-        from diffusers import StableDiffusionXLInpaintPipeline
+        from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if torch_dtype is None:
             torch_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        if vae is not None:
+            try:
+                kwargs["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=torch_dtype)
+            except (OSError, ValueError) as error:
+                raise ModelUnavailable(
+                    f"cannot load the VAE {vae!r} (config key stage1.vae): {error}. Download it while online or "
+                    "point stage1.vae at a local folder with config.json and the weights; see checkpoints/README.md."
+                ) from error
         try:
             pipe = StableDiffusionXLInpaintPipeline.from_pretrained(
                 model_id_or_dir, torch_dtype=torch_dtype, variant=variant, **kwargs
@@ -163,11 +176,7 @@ class InpaintStage1:
                 f"{error}. Download them while online or point the config at a local folder; "
                 "see checkpoints/README.md."
             ) from error
-        if cpu_offload:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        return cls(pipe, resolution=resolution)
+        return cls(place_pipeline(pipe, device, cpu_offload), resolution=resolution)
 
     def __call__(
         self,
@@ -212,7 +221,7 @@ class InpaintStage1:
             lambda v: 255 * (v > 0)
         )
         counter = StepCounter()
-        generated = self.pipe(
+        pixels = self.pipe(
             image=image.resize((width, height), Image.LANCZOS),
             mask_image=mask_image,
             height=height,
@@ -222,8 +231,12 @@ class InpaintStage1:
             guidance_scale=guidance_scale,
             generator=generator,
             callback_on_step_end=counter,
+            output_type="np",
             **self._prompt_embeds(prompt),
-        ).images[0]
+        ).images
+        if not np.isfinite(pixels).all():
+            raise NonFiniteImageError.for_stage("stage 1 (SDXL inpainting)", self.pipe.unet.dtype)
+        generated = self.pipe.image_processor.numpy_to_pil(pixels)[0]
         refined = paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
         return Stage1Result(refined, True, counter.steps, strength, time.perf_counter() - start)
 
@@ -238,6 +251,16 @@ class InpaintStage1:
             return {"prompt": prompt.text}
         embeds, pooled = emphasized_embeddings(self.pipe, prompt)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+def place_pipeline(pipe: DiffusionPipeline, device: torch.device, cpu_offload: bool) -> DiffusionPipeline:
+    """Move a diffusers pipeline to ``device``; with ``cpu_offload``, accelerate's model CPU
+    offload instead: one model at a time is moved onto ``device`` when it runs."""
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from grefine.errors import NonFiniteImageError
 from grefine.image_io import fit_long_side
 
 from .color_fix import ColorFix, apply_color_fix
@@ -189,6 +190,9 @@ class PASDStage2(DiffusionPipeline):
         work_image = self._working_image(image, target_size)
         pixels = _pad_to_multiple(_to_tensor(work_image), vae_scale_factor(self.vae)).to(self._execution_device)
         restored = self._restore(pixels, prompt, num_steps, num_inference_steps, generator)
+        self.maybe_free_model_hooks()  # with model CPU offload: the VAE, used last, leaves the GPU too
+        if not torch.isfinite(restored).all():
+            raise NonFiniteImageError.for_stage("stage 2 (PASD)", self.unet.dtype)
         restored = apply_color_fix(restored.float(), pixels.float(), self.config.color_fix)
         result = _to_pil(restored[..., : work_image.height, : work_image.width])
         if result.size == target_size:

@@ -6,6 +6,10 @@ pixels). Here overlapping tiles are processed independently and blended with lin
 the overlap. Unlike PASD's hook, GroupNorm statistics are per tile, not shared across tiles, so
 very large images may show slight tone differences between tiles; images no larger than one
 tile are processed in one pass, exactly as without tiling.
+
+Each tile goes through the VAE's public ``encode`` / ``decode``, never its ``encoder`` /
+``decoder`` sub-modules directly: those methods fire the model-CPU-offload hook (diffusers'
+``apply_forward_hook``) that moves the VAE onto the GPU, so ``cpu_offload`` works.
 """
 from __future__ import annotations
 
@@ -74,8 +78,7 @@ def encode_latent_distribution(vae: AutoencoderKL, image: torch.Tensor, tile_siz
     overlap = tile_size // 4 // factor * factor
 
     def encode(tile: torch.Tensor) -> torch.Tensor:
-        moments = vae.encoder(tile)
-        return vae.quant_conv(moments) if vae.quant_conv is not None else moments
+        return vae.encode(tile).latent_dist.parameters  # encoder + quant_conv: the moments
 
     return DiagonalGaussianDistribution(tiled_apply(encode, image, tile_size, overlap, 1 / factor))
 
@@ -85,7 +88,6 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, tile_size: int) ->
     overlapping by a quarter tile."""
 
     def decode(tile: torch.Tensor) -> torch.Tensor:
-        tile = vae.post_quant_conv(tile) if vae.post_quant_conv is not None else tile
-        return vae.decoder(tile)
+        return vae.decode(tile).sample  # post_quant_conv + decoder
 
     return tiled_apply(decode, latents, tile_size, tile_size // 4, vae_scale_factor(vae))
