@@ -64,6 +64,11 @@ def within(low: Optional[float] = None, high: Optional[float] = None, *, low_ope
     return {"bound": Bound(low, high, low_open, high_open)}
 
 
+def weight_source() -> dict:
+    """Field metadata: a hub id or a local path (of weights or a folder); a blank string is refused."""
+    return {"not_blank": True}
+
+
 def one_of(*choices: object) -> dict:
     """Field metadata: the value (each element of a list) is one of ``choices``."""
     return {"choices": choices}
@@ -74,9 +79,9 @@ class PQMapConfig:
     """PQ-Map (Eq. 1-3). ``embeddings``: folder with the official ``PQ-*.pth`` files, or None
     for the CLIP-IQA text-pair fallback."""
 
-    model_name: str = "ViT-B-16"
-    pretrained: Optional[str] = "openai"
-    embeddings: Optional[str] = "checkpoints/pq_embeddings"
+    model_name: str = field(default="ViT-B-16", metadata=weight_source())
+    pretrained: Optional[str] = field(default="openai", metadata=weight_source())
+    embeddings: Optional[str] = field(default="checkpoints/pq_embeddings", metadata=weight_source())
     num_blocks: int = field(default=6, metadata=within(1))
     attention: str = field(default="vvv", metadata=one_of("vvv", "vvv_l2"))
     alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA), metadata=within(0, 1, low_open=True))
@@ -90,8 +95,8 @@ class AQMapConfig:
     """AQ-Map (Eq. 4-8): Eq. 6's ``a_bound`` and ``margin``, Eq. 8's ``beta``, Eq. 7's
     ``emphasis``; see :class:`grefine.maps.aq_map.AQMap`."""
 
-    model_name: str = "ViT-B-16"
-    pretrained: Optional[str] = "openai"
+    model_name: str = field(default="ViT-B-16", metadata=weight_source())
+    pretrained: Optional[str] = field(default="openai", metadata=weight_source())
     num_blocks: int = field(default=6, metadata=within(1))
     a_bound: float = field(default=DEFAULT_A_BOUND, metadata=within(0, 1))
     beta: float = field(default=DEFAULT_BETA, metadata=within(0, low_open=True))
@@ -119,7 +124,7 @@ class Stage1Config:
     own, e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in fp16
     (None = the model's own; the default model already ships that fp16-fixed VAE)."""
 
-    model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    model: str = field(default="diffusers/stable-diffusion-xl-1.0-inpainting-0.1", metadata=weight_source())
     variant: Optional[str] = "fp16"
     resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     guidance_scale: float = field(default=7.5, metadata=within(0))
@@ -127,7 +132,7 @@ class Stage1Config:
     max_strength: float = field(default=0.9, metadata=within(0, 1, low_open=True))
     steps: Optional[int] = field(default=None, metadata=within(1))
     prompt_suffix: str = ""
-    vae: Optional[str] = None
+    vae: Optional[str] = field(default=None, metadata=weight_source())
     tiny_random: bool = False
 
 
@@ -139,8 +144,8 @@ class Stage2Config:
     side PASD works at (null: the image's own, up to ``max_pixels``)."""
 
     type: Optional[str] = field(default="pasd", metadata=one_of("pasd", None))
-    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    pasd_model: str = "checkpoints/pasd"
+    base_model: str = field(default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata=weight_source())
+    pasd_model: str = field(default="checkpoints/pasd", metadata=weight_source())
     strength: float = field(default=0.1, metadata=within(0, 1))
     steps: Optional[int] = field(default=None, metadata=within(1))
     max_resolution: Optional[int] = field(default=2048, metadata=within(MIN_SIDE))
@@ -309,6 +314,8 @@ def check_value(kind: type, name: str, value: Any, where: str) -> Any:
     if checked is _WRONG:
         hint = f"; write it as a list, e.g. [{value}]" if typing.get_origin(annotation) is list and isinstance(value, (str, int, float)) else ""
         raise ConfigError(f"{where} must be {_describe(annotation)}, got {value!r} ({_yaml_kind(value)}){hint}.")
+    if spec.metadata.get("not_blank") and isinstance(checked, str) and not checked.strip():
+        raise ConfigError(f"{where} must be a hub id or a local path (or null where allowed), got a blank string.")
     choices = spec.metadata.get("choices")
     if choices is not None and any(item not in choices for item in (checked if isinstance(checked, list) else [checked])):
         raise ConfigError(f"{where} must be one of {', '.join('null' if c is None else str(c) for c in choices)}; got {value!r}.")

@@ -6,6 +6,7 @@ A script is a thin layer over the library; this catches a script left behind by 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
 def _load(path: Path):
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in a script look their module up
     spec.loader.exec_module(module)
     return module
 
