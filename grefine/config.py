@@ -229,7 +229,9 @@ class GRefineConfig:
     """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total);
     ``max_pixels`` refuses larger images (width × height) from their header, before decoding;
     ``metric_resolution`` is the long side the metrics score at most (larger images, refined and
-    original alike, are downscaled for scoring; null: full size)."""
+    original alike, are downscaled for scoring; null: full size); ``prefetch``: in folder runs, how
+    many images are decoded ahead of the refinement and written and scored behind it, in worker
+    threads (0: each step in turn; :class:`grefine.runner.RunOptions`)."""
 
     device: str = "auto"
     dtype: str = field(default="auto", metadata=one_of("auto", "fp16", "bf16", "fp32"))
@@ -247,6 +249,7 @@ class GRefineConfig:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     metrics: list[str] = field(default_factory=list)
     metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
+    prefetch: int = field(default=2, metadata=within(0, 16))
     source: str = "<defaults>"
 
     @property

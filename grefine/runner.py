@@ -22,6 +22,9 @@ source that builds :class:`~grefine.sources.WorkItem` objects. Whatever the sour
   ``maps/<name>.<kind>.png``, so no two items can collide;
 * works at a bounded size: images above ``max_pixels`` are refused from their header, and the
   metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
+* keeps the refiner busy (:class:`RunOptions` ``prefetch``): items are decoded ahead of it and
+  written and scored behind it in worker threads, with the same ``results.csv`` and files as a
+  run that does each step in turn (``prefetch=0``);
 * splits the items round-robin over processes (:class:`Processes`, e.g. ``accelerate launch`` or
   ``torchrun``): each writes ``results.part<i>.csv`` and the main process merges them.
 """
@@ -29,9 +32,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence
@@ -390,6 +396,33 @@ class RunItemError(Exception):
     """One item cannot be refined, for a reason known without the models (e.g. no prompt)."""
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How each item of a run is refined.
+
+    Args:
+        seed: the refiner's seed, the same for every item (None: the refiner's own).
+        max_pixels: larger images become failed rows, refused from their header.
+        metric_resolution: long side the metrics score at most (None: full size).
+        prefetch: how many items are decoded ahead of the refiner, and how many refined ones
+            may still be written and scored behind it, each in one worker thread, so that a
+            GPU refines without waiting for file I/O and metrics; 0: every phase in turn, in
+            the calling thread. ``results.csv`` is the same either way (rows in item order,
+            the same errors); only the timing columns differ.
+        progress: a tqdm bar.
+    """
+
+    seed: Optional[int] = 0
+    max_pixels: Optional[int] = None
+    metric_resolution: Optional[int] = None
+    prefetch: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
+            raise ValueError(f"RunOptions.prefetch must be an integer >= 0 (0: no worker threads), got {self.prefetch!r}.")
+
+
 def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference: Optional[Image.Image], suffix: str, row: dict, errors: list[str]) -> None:
     for metric in metrics:
         try:
@@ -403,43 +436,63 @@ def _same_format(source: Path, target: Path) -> bool:
     return formats.get(source.suffix.lower()) == formats.get(target.suffix.lower())
 
 
-def refine_one(
-    refiner: Refiner,
-    item: WorkItem,
-    plan: RunPlan,
-    metrics: Sequence[Metric] = (),
-    seed: Optional[int] = 0,
-    max_pixels: Optional[int] = None,
-    metric_resolution: Optional[int] = None,
-) -> dict[str, object]:
-    """Refine one item, write its image and maps, return its results row (raises on failure).
+@dataclass
+class _Refined:
+    """An item on its way through the phases: its decoded original, then the refiner's result,
+    and the seconds each phase took so far."""
+
+    item: WorkItem
+    original: Image.Image
+    seconds: float
+    result: Any = None
+
+
+def decode_item(item: WorkItem, max_pixels: Optional[int] = None) -> _Refined:
+    """Phase 1: the item's original image (raises :class:`RunItemError` for an item without a
+    prompt, :class:`~grefine.image_io.ImageLoadError` for an unreadable or too large image)."""
+    start = time.perf_counter()
+    if item.prompt is None:
+        raise RunItemError(item.error or f"{printable(item.name)}: no prompt.")
+    return _Refined(item, load_image(item.image, max_pixels), time.perf_counter() - start)
+
+
+def refine_item(refiner: Refiner, decoded: _Refined, seed: Optional[int] = 0) -> _Refined:
+    """Phase 2: the refiner's result for a decoded item (the only phase that uses the models)."""
+    start = time.perf_counter()
+    decoded.result = refiner(decoded.original, decoded.item.prompt, seed=seed)
+    decoded.seconds += time.perf_counter() - start
+    return decoded
+
+
+def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = (), metric_resolution: Optional[int] = None) -> dict[str, object]:
+    """Phase 3: write the refined image and its maps, score before and after, return the row.
 
     The refined image keeps the input's format and metadata (:func:`grefine.image_io.save_image_atomic`);
     when the refiner changed no pixel and the format is kept, the input file is copied byte for byte.
     Of the maps (:data:`MAP_KINDS`), those the result has are written.
     Metrics score the original and the refined image downscaled alike to ``metric_resolution``
     (long side; None: full size), so that their cost does not grow with the image.
+    ``total_seconds``: the three phases' own time (not the time spent queued between them).
     """
     start = time.perf_counter()
-    original = load_image(item.image, max_pixels)
-    result = refiner(original, item.prompt, seed=seed)
-    refined = result.image
+    item, original, result = refined.item, refined.original, refined.result
+    image = result.image
     target = plan.output_path(item)
-    if _same_format(item.image, target) and refined.size == original.size and np.array_equal(np.asarray(refined), np.asarray(original)):
+    if _same_format(item.image, target) and image.size == original.size and np.array_equal(np.asarray(image), np.asarray(original)):
         copy_file_atomic(item.image, target)
     else:
-        save_image_atomic(refined, target, reference=item.image)
+        save_image_atomic(image, target, reference=item.image)
     for kind, (attribute, draw) in _MAPS.items():
         source = getattr(result, attribute, None)
         if source is not None:  # a result without maps (a baseline) writes none
             save_image_atomic(draw(source, original), plan.map_path(item, kind))
     row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
     errors: list[str] = []
-    original, refined = fit_long_side(original, metric_resolution), fit_long_side(refined, metric_resolution)
+    original, image = fit_long_side(original, metric_resolution), fit_long_side(image, metric_resolution)
     _score(metrics, original, item.prompt, original, "before", row, errors)
-    _score(metrics, refined, item.prompt, original, "after", row, errors)
+    _score(metrics, image, item.prompt, original, "after", row, errors)
     row["metric_errors"] = "; ".join(errors)
-    row["total_seconds"] = time.perf_counter() - start
+    row["total_seconds"] = refined.seconds + time.perf_counter() - start
     row["error"] = ""
     return row
 
@@ -448,17 +501,97 @@ def _is_done(row: Optional[dict[str, str]], output: Path) -> bool:
     return bool(row) and not row.get("error") and output.is_file()
 
 
-def execute(
-    plan: RunPlan,
-    models: Models,
-    *,
-    metric_names: Sequence[str] = (),
-    seed: Optional[int] = 0,
-    max_pixels: Optional[int] = None,
-    metric_resolution: Optional[int] = None,
-    processes: Processes = Processes(),
-    progress: bool = True,
-) -> RunSummary:
+def _failure(err: BaseException) -> str:
+    return printable(str(err) if isinstance(err, RunItemError) else f"{type(err).__name__}: {err}")
+
+
+class _InTurn:
+    """The executor of ``prefetch=0``: each call runs at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:  # kept for .result(), as a worker thread would
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+@dataclass
+class _Recorder:
+    """Phase 3 and the bookkeeping after it, in item order (one thread): each item's row into
+    ``rows`` and the CSV, and its name into the summary."""
+
+    plan: RunPlan
+    models: Models
+    options: RunOptions
+    csv_path: Path
+    rows: dict[str, dict]
+    metric_names: Sequence[str]
+    summary: RunSummary
+    process: Optional[int]
+
+    def finished(self, refined: _Refined) -> None:
+        try:
+            row = finish_item(refined, self.plan, self.models.metrics, self.options.metric_resolution)
+        except Exception as err:  # reported per item; the run goes on
+            return self.failed(refined.item, err)
+        unavailable = "; ".join(f"{name}: {reason}" for name, reason in self.models.metric_failures.items())
+        row["metric_errors"] = "; ".join(filter(None, [unavailable, str(row["metric_errors"])]))
+        self.summary.done.append(printable(refined.item.name))
+        self._record(row)
+
+    def failed(self, item: WorkItem, err: BaseException) -> None:
+        key, message = printable(item.name), _failure(err)
+        self.summary.failed[key] = message
+        tqdm.write(f"[grefine] {key}: {message}")
+        self._record({"name": item.name, "prompt": item.prompt or "", "error": message})
+
+    def _record(self, row: dict) -> None:
+        if self.process is not None:
+            row["process"] = self.process
+        self.rows[printable(str(row["name"]))] = row
+        write_results(self.csv_path, self.rows.values(), self.metric_names)
+
+
+def _refine_all(items: Sequence[WorkItem], models: Models, recorder: _Recorder, options: RunOptions) -> None:
+    """Decode (ahead), refine, finish (behind) every item; see :class:`RunOptions` ``prefetch``.
+    At most ``prefetch`` decoded and ``prefetch`` refined items wait; on an interruption the
+    refined items still waiting are written before it propagates."""
+    ahead = options.prefetch
+    threads = ahead > 0
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="grefine-decode") if threads else _InTurn()
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="grefine-finish") if threads else _InTurn()
+    decodes: deque[Future] = deque()
+    behind: deque[Future] = deque()
+    upcoming = iter(items)
+    bar = tqdm(total=len(items), desc="grefine", unit="img", disable=not options.progress)
+    try:
+        for item in items:
+            for queued in itertools.islice(upcoming, ahead + 1 - len(decodes)):
+                decodes.append(decoder.submit(decode_item, queued, options.max_pixels))
+            bar.set_postfix_str(printable(item.name))
+            try:
+                refined = refine_item(models.refiner, decodes.popleft().result(), options.seed)
+            except Exception as err:  # reported per item; the run goes on
+                behind.append(finisher.submit(recorder.failed, item, err))
+            else:
+                behind.append(finisher.submit(recorder.finished, refined))
+            while len(behind) > ahead:
+                behind.popleft().result()
+            bar.update()
+        while behind:
+            behind.popleft().result()
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+        finisher.shutdown(wait=True)
+        bar.close()
+
+
+def execute(plan: RunPlan, models: Models, *, metric_names: Sequence[str] = (), options: RunOptions = RunOptions(), processes: Processes = Processes()) -> RunSummary:
     """Refine the plan's items (this process's share of them) with the loaded ``models``; the
     caller holds the :class:`OutputLock`. ``metric_names``: every requested metric (the columns)."""
     final_csv = plan.results_csv
@@ -467,33 +600,23 @@ def execute(
     processes.barrier()
     previous = read_results(final_csv)
     single = processes.count == 1
-    part_csv = final_csv if single else plan.output_dir / f"results.part{processes.index}.csv"
-    rows = dict(previous) if single else {}
-    unavailable = "; ".join(f"{name}: {reason}" for name, reason in models.metric_failures.items())
     summary = RunSummary(results_csv=final_csv)
     mine = plan.items[processes.index :: processes.count]
-    bar = tqdm(mine, desc="grefine", unit="img", disable=not progress)
-    for item in bar:
-        key = printable(item.name)
-        bar.set_postfix_str(key)
-        if plan.mode == "resume" and _is_done(previous.get(key), plan.output_path(item)):
-            summary.skipped.append(key)
-            continue
-        try:
-            if item.prompt is None:
-                raise RunItemError(item.error or f"{key}: no prompt.")
-            row = refine_one(models.refiner, item, plan, models.metrics, seed, max_pixels, metric_resolution)
-            row["metric_errors"] = "; ".join(filter(None, [unavailable, str(row["metric_errors"])]))
-            summary.done.append(key)
-        except Exception as err:  # reported per item; the run goes on
-            message = printable(str(err) if isinstance(err, RunItemError) else f"{type(err).__name__}: {err}")
-            row = {"name": item.name, "prompt": item.prompt or "", "error": message}
-            summary.failed[key] = message
-            tqdm.write(f"[grefine] {key}: {message}")
-        if not single:
-            row["process"] = processes.index
-        rows[key] = row
-        write_results(part_csv, rows.values(), metric_names)
+    if plan.mode == "resume":
+        done = {id(item) for item in mine if _is_done(previous.get(printable(item.name)), plan.output_path(item))}
+        summary.skipped = [printable(item.name) for item in mine if id(item) in done]
+        mine = [item for item in mine if id(item) not in done]
+    recorder = _Recorder(
+        plan,
+        models,
+        options,
+        csv_path=final_csv if single else plan.output_dir / f"results.part{processes.index}.csv",
+        rows=dict(previous) if single else {},
+        metric_names=metric_names,
+        summary=summary,
+        process=None if single else processes.index,
+    )
+    _refine_all(mine, models, recorder, options)
     if single:
         return summary
     processes.barrier()
@@ -511,19 +634,17 @@ def run_items(
     output_format: Optional[str] = None,
     protected: Sequence[Path] = (),
     metric_names: Sequence[str] = (),
-    seed: Optional[int] = 0,
-    max_pixels: Optional[int] = None,
-    metric_resolution: Optional[int] = None,
+    options: RunOptions = RunOptions(),
     processes: Processes = Processes(),
-    progress: bool = True,
 ) -> RunSummary:
     """Refine work items into ``output_dir``: the runner's public entry point.
 
     In order: :func:`plan_run` checks the run (every process); the main process takes the
     :class:`OutputLock` (a refusal reaches every process); ``load()`` builds the models (only
-    now: a refused run loads nothing); :func:`execute` refines this process's share and the main
-    process merges ``results.csv``; the lock is released, also on errors. Exit status of a
-    command built on it: ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
+    now: a refused run loads nothing); :func:`execute` refines this process's share (decoding
+    ahead and writing behind the refiner, :class:`RunOptions`) and the main process merges
+    ``results.csv``; the lock is released, also on errors. Exit status of a command built on it:
+    ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
 
     Args:
         items: the work items (unique names), from :func:`grefine.sources.scan_folder` or any source.
@@ -533,8 +654,7 @@ def run_items(
         output_format: None keeps each input's format; ``"png"`` writes ``<name>.png``.
         protected: other input files that no output may replace (e.g. the prompts file).
         metric_names: every requested metric (the ``results.csv`` columns).
-        max_pixels: larger images become failed rows, refused from their header.
-        metric_resolution: long side the metrics score at most (None: full size).
+        options: seed, size bounds, prefetch and progress bar (:class:`RunOptions`).
         processes: this process among the run's processes (default: one).
     """
     plan = plan_run(items, output_dir, mode=mode, output_format=output_format, protected=protected)
@@ -549,17 +669,7 @@ def run_items(
     if refusal:
         raise RunInputError(refusal)
     try:
-        models = load()
-        return execute(
-            plan,
-            models,
-            metric_names=metric_names,
-            seed=seed,
-            max_pixels=max_pixels,
-            metric_resolution=metric_resolution,
-            processes=processes,
-            progress=progress,
-        )
+        return execute(plan, load(), metric_names=metric_names, options=options, processes=processes)
     finally:
         lock.release()
 
@@ -574,11 +684,24 @@ def run_folder(
     metrics: Sequence[Metric] = (),
     metric_names: Sequence[str] = (),
     metric_failures: Optional[dict[str, str]] = None,
-    **options,
+    mode: RunMode = "new",
+    output_format: Optional[str] = None,
+    processes: Processes = Processes(),
+    **options: Any,
 ) -> RunSummary:
     """:func:`grefine.sources.scan_folder` then :func:`run_items` with an already built ``refiner``
-    (``options``: those of :func:`run_items`)."""
+    (``options``: the fields of :class:`RunOptions`)."""
     scan = scan_folder(Path(input_dir), prompts_file, prompt_encoding)
     protected = [prompts_file] if prompts_file is not None else []
     models = Models(refiner, metrics, dict(metric_failures or {}))
-    return run_items(scan.items, Path(output_dir), lambda: models, protected=protected, metric_names=metric_names, **options)
+    return run_items(
+        scan.items,
+        Path(output_dir),
+        lambda: models,
+        mode=mode,
+        output_format=output_format,
+        protected=protected,
+        metric_names=metric_names,
+        options=RunOptions(**options),
+        processes=processes,
+    )

@@ -4,7 +4,7 @@
     python scripts/benchmark.py --database NAME --root DIR --output DIR [--method NAME|YAML] [--config YAML]
                                 [--tiny-random] [--name NAME] [--metrics LIST] [--split S[,S]] [--limit N] [--seed S]
                                 [--resume | --overwrite] [--format {same,png}] [--max-pixels N] [--metric-resolution N]
-                                [--no-progress]
+                                [--prefetch N] [--no-progress]
 
 Reads the database (``agiqa3k``, ``agiqa1k``, ``aigiqa20k``, ``diffusiondb``, ``genimage``) from its
 unpacked download ``--root`` (images are found by file name anywhere under it; missing images and
@@ -48,7 +48,7 @@ from grefine.eval.benchmark import benchmark_folder, run_benchmark  # noqa: E402
 from grefine.eval.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
 from grefine.eval.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
 from grefine.eval.metrics import PAPER_METRICS, check_metric_names  # noqa: E402
-from grefine.runner import Processes  # noqa: E402
+from grefine.runner import Processes, RunOptions  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
 
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=["same", "png"], default="same", help="same: each input's format and metadata; png: lossless <name>.png")
     parser.add_argument("--max-pixels", type=int, help="refuse larger images (width x height; default: 16,777,216)")
     parser.add_argument("--metric-resolution", type=int, help="long side the metrics score at most (default: 1024)")
+    parser.add_argument("--prefetch", type=int, help="images decoded ahead of / written and scored behind the refinement in worker threads; 0: in turn (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -102,7 +103,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise RunInputError(f"--database {args.database}: unknown database; known databases: {', '.join(list_databases())}.")
     if args.limit is not None and args.limit < 1:
         raise RunInputError(f"--limit {args.limit}: a sample needs at least one image; leave --limit out to refine them all.")
-    for option, key in (("--max-pixels", "max_pixels"), ("--metric-resolution", "metric_resolution")):
+    for option, key in (("--max-pixels", "max_pixels"), ("--metric-resolution", "metric_resolution"), ("--prefetch", "prefetch")):
         value = getattr(args, key)
         setattr(args, key, getattr(GRefineConfig(), key) if value is None else check_value(GRefineConfig, key, value, option))
 
@@ -141,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             metric_names=names,
             mode="resume" if args.resume else "overwrite" if args.overwrite else "new",
             output_format=None if args.format == "same" else args.format,
-            max_pixels=args.max_pixels,
-            metric_resolution=args.metric_resolution,
+            options=RunOptions(
+                max_pixels=args.max_pixels,
+                metric_resolution=args.metric_resolution,
+                prefetch=args.prefetch,
+                progress=not args.no_progress and state.is_local_main_process,
+            ),
             processes=Processes.from_accelerate(state),
-            progress=not args.no_progress and state.is_local_main_process,
             report=lambda line: print(f"benchmark: {line}", file=sys.stderr),
         )
     except (ConfigError, DatabaseError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:

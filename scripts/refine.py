@@ -3,6 +3,7 @@
 
     python scripts/refine.py --input DIR --output DIR [--prompts FILE] [--config YAML] [--metrics LIST]
                              [--resume | --overwrite] [--format {same,png}] [--max-pixels N] [--prompt-encoding ENC]
+                             [--prefetch N]
 
 Prompts come from ``--prompts`` (CSV with ``name,prompt`` columns, or JSONL) or from sidecar
 ``<image stem>.txt`` files. Writes the refined images under their own names, quality maps under
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
-from grefine.runner import Models, Processes, run_items  # noqa: E402
+from grefine.runner import Models, Processes, RunOptions, run_items  # noqa: E402
 from grefine.sources import check_encoding, scan_folder  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=["same", "png"], default="same", help="same: each input's format and metadata (JPEG at quality 95); png: lossless <name>.png")
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (width x height; default: the config's max_pixels)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
+    parser.add_argument("--prefetch", type=int, default=None, help="images decoded ahead of / written and scored behind the refinement in worker threads; 0: in turn (default: the config's prefetch, 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -56,6 +58,8 @@ def load_config(args: argparse.Namespace) -> GRefineConfig:
         config.seed = check_value(GRefineConfig, "seed", args.seed, "--seed")
     if args.max_pixels is not None:
         config.max_pixels = check_value(GRefineConfig, "max_pixels", args.max_pixels, "--max-pixels")
+    if args.prefetch is not None:
+        config.prefetch = check_value(GRefineConfig, "prefetch", args.prefetch, "--prefetch")
     return config
 
 
@@ -121,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             output_format=None if args.format == "same" else args.format,
             protected=[args.prompts] if args.prompts else [],
             metric_names=names,
-            seed=config.seed,
-            max_pixels=config.max_pixels,
-            metric_resolution=config.metric_resolution,
+            options=RunOptions(
+                seed=config.seed,
+                max_pixels=config.max_pixels,
+                metric_resolution=config.metric_resolution,
+                prefetch=config.prefetch,
+                progress=not args.no_progress and state.is_local_main_process,
+            ),
             processes=Processes.from_accelerate(state),
-            progress=not args.no_progress and state.is_local_main_process,
         )
     except (ConfigError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
         print(f"grefine: {printable(' '.join(str(err).split()))}", file=sys.stderr)

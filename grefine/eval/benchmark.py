@@ -12,6 +12,7 @@ paper's tables gather every such folder (:func:`~grefine.eval.tables.make_tables
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
@@ -21,7 +22,7 @@ from grefine.eval.databases import Database
 from grefine.eval.methods import MethodConfig, build_refiner
 from grefine.eval.metrics import PAPER_METRICS, create_metrics
 from grefine.eval.tables import MethodSummary, write_summary
-from grefine.runner import Models, Processes, RunMode, RunSummary, read_results, run_items
+from grefine.runner import Models, Processes, RunMode, RunOptions, RunSummary, read_results, run_items
 from grefine.sources import WorkItem
 
 
@@ -117,10 +118,8 @@ def run_benchmark(
     metric_names: Sequence[str] = PAPER_METRICS,
     mode: RunMode = "new",
     output_format: Optional[str] = None,
-    max_pixels: Optional[int] = None,
-    metric_resolution: Optional[int] = 1024,
+    options: RunOptions = RunOptions(seed=None, metric_resolution=1024),
     processes: Processes = Processes(),
-    progress: bool = True,
     report: Callable[[str], None] = lambda line: None,
 ) -> BenchmarkRun:
     """Refine ``database`` with ``method`` into ``<output>/<database>/<name>/`` (``name``: the
@@ -131,8 +130,8 @@ def run_benchmark(
     Args:
         metric_names: the metrics scored before and after (default: the paper's 13); those that
             cannot be created are recorded per row in ``metric_errors``.
-        mode, output_format, max_pixels, metric_resolution, processes, progress: those of
-            :func:`~grefine.runner.run_items`.
+        mode, output_format, options, processes: those of :func:`~grefine.runner.run_items`;
+            ``options.seed`` is replaced by the method's.
         report: receives a line for each metric that cannot be created (main process).
 
     Raises:
@@ -153,11 +152,8 @@ def run_benchmark(
         mode=mode,
         output_format=output_format,
         metric_names=metric_names,
-        seed=None,
-        max_pixels=max_pixels,
-        metric_resolution=metric_resolution,
+        options=dataclasses.replace(options, seed=None),
         processes=processes,
-        progress=progress,
     )
     if not main:
         return BenchmarkRun(run, folder)
