@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -286,23 +287,59 @@ def test_missing_weights_name_the_model():
         AQMap.from_pretrained("ViT-B-16", "openai", device="cpu")
 
 
-def test_script_writes_overlays_and_scores(tiny, tmp_path):
+def _aq_script():
     spec = importlib.util.spec_from_file_location("aq_map_script", REPO / "scripts" / "aq_map.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_script_writes_overlays_and_scores(tiny, tmp_path):
+    from grefine.sources import scan_folder
+
+    script = _aq_script()
     images = tmp_path / "images"
     images.mkdir()
     random_image(20, 28).save(images / "one.png")
+    random_image(20, 28).save(images / "one.jpg")  # same stem: its own folder
+    (images / "broken.png").write_bytes(b"not an image")
     prompts = tmp_path / "prompts.csv"
-    prompts.write_text("name,prompt\none.png,a cat on a mat\nmissing.png,a dog\n", encoding="utf-8")
+    prompts.write_text("name,prompt\none.png,a cat on a mat\none.jpg,a dog\nbroken.png,a dog\nmissing.png,a dog\n", encoding="utf-8")
     model, tokenizer = tiny
-    failures = script.run(AQMap(model, tokenizer, num_blocks=2), images, prompts, tmp_path / "out")
+    scan = scan_folder(images, prompts)
+    assert scan.unused_prompts == ["missing.png"]
+    failures = script.run(AQMap(model, tokenizer, num_blocks=2), scan.items, tmp_path / "out")
     assert failures == 1
-    folder = tmp_path / "out" / "one"
-    assert Image.open(folder / "defect_map.png").size == (28, 20)
+    folder = tmp_path / "out" / "one.png"
+    assert Image.open(folder / "defect_map.png").size == (28, 20) and (tmp_path / "out" / "one.jpg" / "defect_map.png").is_file()
     assert sorted(p.name for p in folder.glob("phrase_*.png")) == ["phrase_00.png", "phrase_01.png"]
     table = json.loads((folder / "phrases.json").read_text(encoding="utf-8"))
     assert [(row["text"], row["content"]) for row in table] == [("a cat", "cat"), ("on a mat", "mat")]
     with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [row["name"] for row in rows] == ["one.png"] and 0.0 < float(rows[0]["score"]) < 1.0
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == ["broken.png", "one.jpg", "one.png"]
+    assert 0.0 < float(rows["one.png"]["score"]) < 1.0 and rows["one.png"]["error"] == ""
+    assert "cannot be read as an image" in rows["broken.png"]["error"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--a-bound", "1.5"], "--a-bound"),
+        (["--num-blocks", "0"], "--num-blocks"),
+        (["--output", "{in}"], "is the input folder"),
+        (["--prompts", "{tmp}/absent.csv"], "absent.csv"),
+        ([], r"ViT-B-16.*checkpoints/README\.md"),  # no weights here: refused, one line
+    ],
+)
+def test_script_refuses_bad_input_before_work(tmp_path, capsys, extra, message):
+    images = tmp_path / "in"
+    images.mkdir()
+    random_image(16, 16).save(images / "a.png")
+    (images / "a.txt").write_text("a cat", encoding="utf-8")
+    argv = ["--input", str(images), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    argv += [arg.format(**{"in": images, "tmp": tmp_path}) for arg in extra]
+    assert _aq_script().main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
