@@ -31,3 +31,15 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def pq_embeddings_dir(shared_dir: Path) -> Path:
     return shared_dir / "pq_embeddings"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a CPU shared with other jobs two
+    spinning OpenMP threads made each tiny pipeline call ~40x slower (1 s -> 40 s, measured).
+    A module that runs tiny models uses it (``pytestmark = pytest.mark.usefixtures("one_thread")``);
+    the thread count is restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

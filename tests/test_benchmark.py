@@ -13,7 +13,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from grefine.errors import RunInputError
@@ -40,13 +39,7 @@ BENCH = _script("benchmark")
 TABLES = _script("make_tables")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread of this shared CPU (see test_fault_matrix)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,14 +51,7 @@ def _load_script():
 REFINE = _load_script()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a CPU shared with other jobs two
-    spinning OpenMP threads made each tiny pipeline call ~40x slower (1 s -> 40 s, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

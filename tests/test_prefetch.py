@@ -75,7 +75,7 @@ class _Fails:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline():
+def tiny_pipeline(one_thread):
     return GRefinePipeline.from_pretrained(REPO / "configs" / "tiny-random.yaml")
 
 

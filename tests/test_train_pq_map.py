@@ -46,14 +46,7 @@ SIDE = 64
 INPUT_SIZE = 64  # the tiny tower at 64², so that its 8×8 patch grid sees the blur
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny text tower's matrices are so small that thread hand-offs dominate: one thread
-    is several times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
