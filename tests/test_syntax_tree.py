@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import nltk
@@ -178,7 +179,7 @@ def test_break_cycles_roots_the_shallowest_phrase():
     assert break_cycles([0, 0, 1], depth=[1, 2, 3]) == [0, 0, 1]
 
 
-def test_missing_tagger_is_a_clear_error(monkeypatch):
+def test_missing_tagger_is_a_clear_error(monkeypatch, capsys):
     attempts = []
 
     def unavailable(*args, **kwargs):
@@ -186,6 +187,7 @@ def test_missing_tagger_is_a_clear_error(monkeypatch):
 
     def failed_download(resource, **kwargs):
         attempts.append(resource)
+        print(f"[nltk_data] Error loading {resource}: <urlopen error>", file=kwargs.get("print_error_to", sys.stderr))  # NLTK's default
         return False
 
     load_tagger.cache_clear()
@@ -198,6 +200,7 @@ def test_missing_tagger_is_a_clear_error(monkeypatch):
         load_tagger.cache_clear()
     assert attempts == ["averaged_perceptron_tagger_eng"]
     assert DOWNLOAD_COMMAND in str(error.value) and "NLTK_DATA" in str(error.value)
+    assert capsys.readouterr().err == ""  # NLTK's own lines do not reach the user: the error says it all
 
 
 def test_content_drops_stop_words_and_punctuation_in_any_case():

@@ -52,6 +52,7 @@ whose nodes are words):
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import string
@@ -179,7 +180,8 @@ def _load_nltk_data(
         return load()
     except LookupError:
         pass
-    if nltk.download(resource, quiet=True, raise_on_error=False):
+    # NLTK's own error lines go to a sink (it prints them even when quiet): the error below says it all
+    if nltk.download(resource, quiet=True, raise_on_error=False, print_error_to=io.StringIO()):
         try:
             return load()
         except LookupError:
