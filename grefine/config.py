@@ -9,6 +9,11 @@ Every value is checked when the config loads, before any model: its type is the 
 annotation (an ``int`` field refuses ``"four"``, a ``list[str]`` field refuses a bare string),
 and a field declares its allowed values in its metadata, ``field(default=..., metadata=within(0, 1))``
 or ``metadata=one_of("a", "b")``; a new field is checked by declaring them there.
+
+A config may start from another: ``base: default.yaml`` (relative to the file) takes that
+config's values and replaces those the file gives, section by section (mappings merge key by key;
+lists and values replace), so that a variant (e.g. an ablation, ``configs/ablation/``) states
+only what differs. Bases may chain; a cycle is an error.
 """
 from __future__ import annotations
 
@@ -260,16 +265,8 @@ class GRefineConfig:
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "GRefineConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config {path}: no such file (the shipped ones are in configs/).")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config {path}: not valid YAML ({err}).") from err
-        return cls.from_dict(data, source=str(path))
+        """Read a config file, and the ``base`` it names, if any (see the module docstring)."""
+        return cls.from_dict(read_config_yaml(Path(path)), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "GRefineConfig":
@@ -285,6 +282,35 @@ class GRefineConfig:
         _check_gate(config, source)
         _check_speed(config, source)
         return config
+
+
+def read_config_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a config file, its ``base`` (relative to it) merged under it."""
+    if not path.is_file():
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config {path}{where}: no such file (the shipped ones are in configs/).")
+    if path.resolve() in _chain:
+        raise ConfigError(f"config {path}: its bases form a cycle ({' -> '.join(str(p) for p in (*_chain, path.resolve()))}).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path}: not valid YAML ({err}).") from err
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config {path}: base must be the path of another config (relative to this file), got {base!r}.")
+    return _merged(read_config_yaml(path.parent / base, (*_chain, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values: mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def _check_gate(config: GRefineConfig, source: str) -> None:

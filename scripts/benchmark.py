@@ -2,7 +2,7 @@
 """Refine a database with one method and score it before and after (the paper's Tables 2-5).
 
     python scripts/benchmark.py --database NAME --root DIR --output DIR [--method NAME|YAML] [--config YAML]
-                                [--tiny-random] [--name NAME] [--metrics LIST] [--split S[,S]] [--limit N] [--seed S]
+                                [--tiny-random] [--name NAME] [--metrics LIST] [--split S[,S]] [--match PATTERNS] [--limit N] [--seed S]
                                 [--resume | --overwrite] [--format {same,png}] [--max-pixels N] [--metric-resolution N]
                                 [--prefetch N] [--no-progress]
 
@@ -11,8 +11,8 @@ unpacked download ``--root`` (images are found by file name anywhere under it; m
 prompt-less rows are reported and skipped; a record that cannot be refined becomes a failed row),
 takes a reproducible sample (``--limit N --seed S``: the paper refines 3,000 images of DiffusionDB
 and of GenImage, AGIQA-1K/3K whole), and refines it with one method (``configs/methods/``:
-g-refine, g-refine-notebook, identity, sdxl-refiner, sdxl-img2img, sdxl-inpaint-full, pasd; or a
-method YAML) into ``DIR/<database>/<method>/``: the refined images, ``results.csv`` (one row per
+g-refine, g-refine-notebook, the Table 8 ablations g-refine-aq-only, g-refine-pq-only and
+g-refine-stage1-only, identity, sdxl-refiner, sdxl-img2img, sdxl-inpaint-full, pasd; or a method YAML) into ``DIR/<database>/<method>/``: the refined images, ``results.csv`` (one row per
 image, every metric before and after) and ``summary.csv`` / ``summary.md`` (per metric the means
 before and after, the change, images improved/worsened, † negative optimisation). Then
 ``python scripts/make_tables.py DIR`` gathers every database × method into the paper's tables.
@@ -20,7 +20,9 @@ before and after, the change, images improved/worsened, † negative optimisatio
 Metrics: the paper's 13 by default; those that cannot be created here are recorded per row in
 ``metric_errors``. ``--config`` replaces a g-refine method's G-Refine config (e.g. an ablation;
 give it a ``--name``). ``--tiny-random`` runs the method with tiny random models (a smoke test
-without weights; its outputs are noise). Several processes split the images:
+without weights; its outputs are noise; a g-refine method keeps its ablation and gate).
+``--match`` keeps the images whose names match shell patterns (e.g. one generator of AIGIQA-20K,
+as in the paper's Table 8). Several processes split the images:
 ``accelerate launch --multi_gpu --num_processes N scripts/benchmark.py ...`` or
 ``torchrun --standalone --nproc_per_node N scripts/benchmark.py ...``.
 
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="folder and table row name (default: the method's name)")
     parser.add_argument("--metrics", help="comma-separated metric names (default: the paper's 13); 'none' for no scores")
     parser.add_argument("--split", help="split(s) to read, comma-separated (default: every split found)")
+    parser.add_argument("--match", help="only images whose name matches one of these comma-separated shell patterns, e.g. 'SD1.5_*' (case-sensitive; before --limit)")
     parser.add_argument("--limit", type=int, help="refine a reproducible sample of N images (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default: 0); the refinement seed is the method's")
     again = parser.add_mutually_exclusive_group()
@@ -83,9 +86,7 @@ def method_from_args(args: argparse.Namespace):
     if args.config is not None:
         if method.type != "g-refine":
             raise ConfigError(f"--config {args.config}: a G-Refine config, but method {method.name} is of type {method.type}; change its YAML instead.")
-        if args.tiny_random:
-            raise ConfigError(f"--config {args.config} and --tiny-random both choose the G-Refine config; give one.")
-        overrides = {"config": str(args.config)}
+        overrides["config"] = str(args.config)
     return load_method(args.method, overrides=overrides) if overrides else method
 
 
@@ -113,11 +114,13 @@ def database_from_args(args: argparse.Namespace, report: bool):
     splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedRecordsWarning)  # reported below, once
-        database = load_database(args.database, args.root, split=splits, limit=args.limit, seed=args.seed, progress=report and not args.no_progress)
+        match = [p.strip() for p in args.match.split(",") if p.strip()] if args.match is not None else None
+        database = load_database(args.database, args.root, split=splits, match=match, limit=args.limit, seed=args.seed, progress=report and not args.no_progress)
     if report:
         for line in database.report():
             print(f"benchmark: {printable(line)}", file=sys.stderr)
-        sample = f" (sample of {args.limit}, seed {args.seed})" if args.limit is not None else ""
+        sample = f" matching {args.match}" if args.match is not None else ""
+        sample += f" (sample of {args.limit}, seed {args.seed})" if args.limit is not None else ""
         print(f"benchmark: {args.database}: {len(database)} image(s){sample} under {printable(str(args.root))}", file=sys.stderr)
     return database
 

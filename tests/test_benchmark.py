@@ -54,10 +54,10 @@ def loads(monkeypatch, request):
 
     def build(method):
         calls.append(method.name)
-        if method.type == "g-refine":
-            assert method.settings.config.endswith("tiny-random.yaml")
+        if method.name == "g-refine":
+            assert method.settings.tiny_random
             return request.getfixturevalue("tiny_grefine")
-        return build_refiner(method)
+        return build_refiner(method)  # an ablation (Table 8) builds its own tiny pipeline
 
     monkeypatch.setattr(benchmark, "build_refiner", build)
     return calls
@@ -142,6 +142,20 @@ def test_two_methods_then_the_tables_then_resume(agiqa3k, tmp_path, capsys, load
 
     assert _run(*common, "--method", "identity") == 2  # an earlier run's folder: --resume or --overwrite
     assert "add --resume to continue it" in capsys.readouterr().err
+
+
+def test_table8_one_generator_with_an_ablation_method(agiqa3k, tmp_path, capsys, loads):
+    """Paper Table 8: one generator's images (--match), a g-refine ablation method (stage 1 only)."""
+    out = tmp_path / "bench"
+    common = ["--database", "agiqa3k", "--root", agiqa3k, "--output", out, "--match", "sd1.5_*,midjourney_*"]
+    assert _run(*common, "--method", "g-refine-stage1-only", "--tiny-random", metrics="psnr") == 0
+    assert "agiqa3k: 2 image(s) matching sd1.5_*,midjourney_*" in capsys.readouterr().err  # sd1.5_lowcorr_216 has no image
+    rows = _rows(out / "agiqa3k" / "g-refine-stage1-only" / "results.csv")
+    assert sorted(rows) == ["midjourney_lowstep_110.jpg", "sd1.5_normal_116.jpg"]
+    assert all(row["error"] == "" and row["stage2_steps"] == "0" and int(row["stage1_steps"]) > 0 for row in rows.values())
+    assert loads == ["g-refine-stage1-only"]
+    assert _run(*common[:-1], "SD1.5_*", "--method", "identity") == 2  # patterns are case-sensitive
+    assert "no record name matches SD1.5_* (names look like: AttnGAN_normal_000.jpg" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

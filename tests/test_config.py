@@ -51,7 +51,36 @@ def test_declared_fields_refuse_wrong_types_and_ranges(name, value, message):
 def test_shipped_configs_pass_their_own_checks_and_cross_field_rules():
     from tests.conftest import REPO
 
-    for path in (REPO / "configs").glob("*.yaml"):
+    shipped = [path for path in (REPO / "configs").rglob("*.yaml") if "methods" not in path.parts]
+    assert len(shipped) >= 6  # default, authors-notebook, tiny-random and the ablations
+    for path in shipped:
         GRefineConfig.from_yaml(path)
     with pytest.raises(ConfigError, match="min_strength .* must not exceed"):
         GRefineConfig.from_dict({"stage1": {"min_strength": 0.9, "max_strength": 0.5}})
+
+
+def test_a_config_states_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("total_steps: 30\nmask:\n  dilation: 3\n  feather: 2\nmetrics: [psnr, ssim]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../base.yaml\nmask:\n  dilation: 5\n")
+    (tmp_path / "sub" / "top.yaml").write_text("base: mid.yaml\nmetrics: [piqe]\nablation:\n  drop_stage2: true\n")
+    config = GRefineConfig.from_yaml(tmp_path / "sub" / "top.yaml")
+    assert (config.total_steps, config.mask.dilation, config.mask.feather) == (30, 5, 2)  # sections merge key by key
+    assert config.metrics == ["piqe"] and config.ablation.drop_stage2  # lists and values replace
+    assert config.source == str(tmp_path / "sub" / "top.yaml")
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "bases form a cycle"),
+        ({"a.yaml": "base: gone.yaml\n"}, r"gone.yaml \(the base of .*a.yaml\): no such file"),
+        ({"a.yaml": "base: [x]\n"}, "base must be the path of another config"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "mask:\n  dilaton: 3\n"}, "dilaton"),  # the merged file is checked
+    ],
+)
+def test_bad_bases_are_refused_naming_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        GRefineConfig.from_yaml(tmp_path / "a.yaml")

@@ -139,6 +139,17 @@ def test_aigiqa20k_splits_from_csv_or_xlsx(tmp_path, test_format):
     assert len(load_database("aigiqa20k", tmp_path, split=["train", "val"])) == 3
 
 
+def test_match_keeps_one_generator_before_sampling(tmp_path):
+    _aigiqa20k(tmp_path)
+    assert [r.name for r in load_database("aigiqa20k", tmp_path, match="SD15_*")] == ["SD15_0001.png"]
+    assert [r.name for r in load_database("aigiqa20k", tmp_path, match=["DALLE2_*", "IF_*"], limit=5)] == ["DALLE2_0000.png", "IF_0002.png"]
+    assert len(load_database("aigiqa20k", tmp_path, match="*", limit=1)) == 1
+    with pytest.raises(DatabaseError, match=r"no record name matches sd15_\* \(names look like: DALLE2_0000.png"):
+        load_database("aigiqa20k", tmp_path, match="sd15_*")
+    with pytest.raises(DatabaseError, match="match needs non-empty name patterns"):
+        load_database("aigiqa20k", tmp_path, match=[])
+
+
 def test_an_absent_split_is_not_there_unless_asked_for(tmp_path):
     _aigiqa20k(tmp_path)
     (tmp_path / "info_test.csv").unlink()

@@ -1,13 +1,14 @@
 """The benchmark's methods: named YAML configs, tiny builds, the refiner contract, pre-flight."""
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from grefine.config import ConfigError
+from grefine.config import ConfigError, GRefineConfig
 from grefine.eval.methods import METHOD_TYPES, build_refiner, list_methods, load_method, tiny_random_overrides
 from grefine.weights import WeightsUnavailableError
 from tests.conftest import REPO
@@ -92,7 +93,7 @@ def test_every_method_places_on_a_device_and_has_tiny_overrides():
         assert method.device == torch.device("cuda:1"), name
         tiny = load_method(name, overrides=tiny_random_overrides(method.type)).settings
         if method.type == "g-refine":
-            assert tiny.config == str(REPO / "configs" / "tiny-random.yaml")
+            assert tiny.tiny_random and tiny.config == method.settings.config
         elif method.type == "pasd":
             assert tiny.tiny_random and tiny.options == {"max_resolution": 64}
         elif method.type != "identity":
@@ -137,3 +138,20 @@ def test_missing_baseline_weights_give_the_one_preflight_message(tmp_path, monke
     assert "no-pasd' (config key pasd_model)" in message
     with pytest.raises(WeightsUnavailableError, match="stable-diffusion-xl-refiner-1.0' \\(config key model\\)"):
         build_refiner("sdxl-refiner")
+
+
+@pytest.mark.parametrize(
+    "name, dropped",
+    [("g-refine", None), ("g-refine-aq-only", "drop_pq_map"), ("g-refine-pq-only", "drop_aq_map"), ("g-refine-stage1-only", "drop_stage2")],
+)
+def test_table8_ablation_methods_drop_one_part_each(name, dropped):
+    from grefine.eval.methods import _grefine_config
+
+    default = GRefineConfig.from_yaml(REPO / "configs" / "default.yaml")
+    method = load_method(name)
+    config = _grefine_config(method)
+    flags = {key: getattr(config.ablation, key) for key in ("drop_pq_map", "drop_aq_map", "drop_stage2")}
+    assert flags == {key: key == dropped for key in flags}
+    assert dataclasses.replace(config, ablation=default.ablation, source=default.source) == default  # nothing else differs
+    tiny = _grefine_config(load_method(name, overrides=tiny_random_overrides("g-refine")))
+    assert tiny.ablation == config.ablation and tiny.stage1.tiny_random and tiny.stage1.resolution == 64

@@ -42,6 +42,7 @@ metadata files are, and a reader); add an entry to load a database of your own b
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -231,6 +232,7 @@ def load_database(
     root: Union[str, os.PathLike],
     *,
     split: Union[str, Sequence[str], None] = None,
+    match: Union[str, Sequence[str], None] = None,
     limit: Optional[int] = None,
     seed: int = 0,
     progress: bool = False,
@@ -239,6 +241,8 @@ def load_database(
 
     Args:
         split: one split, several, or None for every split whose metadata is found.
+        match: keep only records whose name matches one of these shell patterns (``fnmatch``,
+            case-sensitive; e.g. ``"SD1.5_*"``: one generator of AIGIQA-20K), before sampling.
         limit: keep a reproducible sample of this many records (:meth:`Database.sample`).
         seed: the sample's seed.
         progress: show a progress bar while indexing ``root``.
@@ -264,10 +268,23 @@ def load_database(
     if not found:
         looked_for = "; ".join(f"{one}: {what}" for one, what in spec.metadata.items())
         raise DatabaseError(f"{name}: no {spec.title} metadata under {root}; looked for {looked_for}.")
+    if match is not None:
+        listed = _matching(name, listed, [match] if isinstance(match, str) else list(match))
     database = _locate(name, root, listed, index)
     for line in database.report():
         warnings.warn(line, SkippedRecordsWarning, stacklevel=2)
     return database if limit is None else database.sample(limit, seed)
+
+
+def _matching(name: str, records: list[DatabaseRecord], patterns: list[str]) -> list[DatabaseRecord]:
+    """The records whose name matches a pattern; none matching is an error showing some names."""
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise DatabaseError(f"{name}: match needs non-empty name patterns (e.g. 'SD1.5_*'), got {patterns!r}.")
+    kept = [record for record in records if any(fnmatch.fnmatchcase(record.name, p) for p in patterns)]
+    if records and not kept:
+        examples = ", ".join(record.name for record in records[:3])
+        raise DatabaseError(f"{name}: no record name matches {', '.join(patterns)} (names look like: {examples}); patterns are case-sensitive.")
+    return kept
 
 
 def list_databases() -> list[str]:

@@ -34,6 +34,7 @@ e.g. one GPU per process.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from grefine.weights import WeightSource, check_weights, require_weights
 
 METHODS_DIR = Path(__file__).resolve().parents[2] / "configs" / "methods"
 """The shipped method configs (``configs/methods/`` of the repository)."""
+TINY_RANDOM_CONFIG = METHODS_DIR.parent / "tiny-random.yaml"
+"""The G-Refine config of ``tiny_random: true`` (its models and sizes)."""
 
 
 # ------------------------------------------------------------------------------ settings
@@ -69,10 +72,12 @@ METHODS_DIR = Path(__file__).resolve().parents[2] / "configs" / "methods"
 @dataclass
 class GRefineSettings:
     """``type: g-refine``: ``config`` is a G-Refine YAML (relative to the method file);
-    ``device``, when set, replaces the config's."""
+    ``device``, when set, replaces the config's; ``tiny_random`` runs ``configs/tiny-random.yaml``'s
+    tiny models and sizes with the decisions of ``config`` (its ``ablation`` and ``gate``)."""
 
     config: str = "../default.yaml"
     device: Optional[str] = None
+    tiny_random: bool = False
 
 
 @dataclass
@@ -248,8 +253,11 @@ class PASDRefiner:
 
 
 def _grefine_config(method: MethodConfig) -> GRefineConfig:
-    """The G-Refine config of a ``g-refine`` method, with the method's ``device`` when set."""
+    """The G-Refine config of a ``g-refine`` method, with the method's ``device`` when set
+    (``tiny_random``: the tiny config with the method's ablation and gate)."""
     config = GRefineConfig.from_yaml(method.settings.config)
+    if method.settings.tiny_random:
+        config = dataclasses.replace(GRefineConfig.from_yaml(TINY_RANDOM_CONFIG), ablation=config.ablation, gate=config.gate)
     if method.settings.device:
         config.device = method.settings.device
     return config
@@ -456,7 +464,7 @@ def tiny_random_overrides(method_type: str) -> dict[str, Any]:
     """The overrides that run a method of ``method_type`` with tiny random models, working at 64 px
     as ``configs/tiny-random.yaml`` does (a smoke test without weights; its outputs are noise)."""
     if method_type == "g-refine":
-        return {"config": str(METHODS_DIR.parent / "tiny-random.yaml")}
+        return {"tiny_random": True}
     if method_type == "pasd":
         return {"tiny_random": True, "options": {"max_resolution": 64}}
     if issubclass(METHOD_TYPES[method_type].settings, SDXLSettings):
