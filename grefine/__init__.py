@@ -5,13 +5,15 @@ Components (paper §3): :class:`PQMap` (Eq. 1-3), :func:`parse_prompt` and :clas
 :class:`~grefine.refine.pasd.PASDStage2` (Eq. 9-10), chained by :class:`GRefinePipeline`.
 
 Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.refine` (§3.3),
-:mod:`grefine.eval` (§4: metrics, :func:`correlations` of scores with MOS, :func:`autoqa_cost`
-of a quality gate) and :mod:`grefine.train` (learning PQ-Map's prompts).
+:mod:`grefine.data` (the databases, §4.1, :func:`load_database`), :mod:`grefine.bench` (the
+refinement benchmark, §4.2), :mod:`grefine.eval` (§4.3: metrics, :func:`correlations` of scores
+with MOS, :func:`autoqa_cost` of a quality gate), :mod:`grefine.train` (learning PQ-Map's
+prompts) and :mod:`grefine.run` (the folder runner).
 """
 from grefine.config import GRefineConfig
 from grefine.eval.autoqa import autoqa_cost
 from grefine.eval.correlation import correlations
-from grefine.eval.databases import load_database
+from grefine.data.databases import load_database
 from grefine.maps.aq_map import (
     AQMap,
     AQMapResult,

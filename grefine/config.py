@@ -2,7 +2,7 @@
 
 Every section maps to one component; unknown keys are an error naming the key, the section and
 the file, so that a typo never silently falls back to a default. ``tiny_random: true`` in a
-section builds that component from :mod:`grefine.testing` instead of loading weights (the
+section builds that component from :mod:`grefine.tiny` instead of loading weights (the
 smoke configuration ``configs/tiny-random.yaml``); a real run never sets it.
 
 Every value is checked when the config loads, before any model: its type is the field's
@@ -236,7 +236,7 @@ class GRefineConfig:
     ``metric_resolution`` is the long side the metrics score at most (larger images, refined and
     original alike, are downscaled for scoring; null: full size); ``prefetch``: in folder runs, how
     many images are decoded ahead of the refinement and written and scored behind it, in worker
-    threads (0: each step in turn; :class:`grefine.runner.RunOptions`)."""
+    threads (0: each step in turn; :class:`grefine.run.runner.RunOptions`)."""
 
     device: str = "auto"
     dtype: str = field(default="auto", metadata=one_of("auto", "fp16", "bf16", "fp32"))

@@ -308,7 +308,7 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         key = ("tiny", text_width_512) if tiny else (model_name, pretrained)
         if key not in loaded:
             if tiny:
-                from grefine.testing import build_tiny_open_clip, build_tiny_pq_clip
+                from grefine.tiny import build_tiny_open_clip, build_tiny_pq_clip
 
                 build = build_tiny_pq_clip if text_width_512 else build_tiny_open_clip
                 model, tokenizer = build(precision=_PRECISION[dtype])
@@ -344,7 +344,7 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
 def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> InpaintStage1:
     cfg = config.stage1
     if cfg.tiny_random:
-        from grefine.testing import build_tiny_sdxl_inpaint_pipeline
+        from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
 
         pipe = build_tiny_sdxl_inpaint_pipeline(seed=config.seed).to(dtype=dtype)
         return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution)
@@ -368,7 +368,7 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
     options = {"max_resolution": cfg.max_resolution, **cfg.options}
     if cfg.tiny_random:
-        from grefine.testing import build_tiny_pasd_stage2
+        from grefine.tiny import build_tiny_pasd_stage2
 
         stage2 = build_tiny_pasd_stage2(seed=config.seed, **options).to(dtype=dtype)
     else:

@@ -43,7 +43,7 @@ from grefine.image_io import (  # noqa: E402
 )
 from grefine.maps.aq_map import AQMap, AQMapResult  # noqa: E402
 from grefine.maps.syntax_tree import EmptyPromptError, add_nltk_data_dir  # noqa: E402
-from grefine.sources import WorkItem, check_encoding, scan_folder  # noqa: E402
+from grefine.run.sources import WorkItem, check_encoding, scan_folder  # noqa: E402
 
 SUMMARY_COLUMNS = ("name", "score", "prompt_score", "defects", "emphasized_prompt", "error")
 

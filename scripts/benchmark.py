@@ -46,11 +46,11 @@ sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
-from grefine.eval.benchmark import benchmark_folder, run_benchmark  # noqa: E402
-from grefine.eval.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
-from grefine.eval.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
+from grefine.bench.benchmark import benchmark_folder, run_benchmark  # noqa: E402
+from grefine.data.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
+from grefine.bench.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
 from grefine.eval.metrics import PAPER_METRICS, check_metric_names  # noqa: E402
-from grefine.runner import Processes, RunOptions  # noqa: E402
+from grefine.run.runner import Processes, RunOptions  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
 

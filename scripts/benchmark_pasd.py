@@ -25,14 +25,14 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.eval.speed import SD15_UNET_CONFIG
+from grefine.bench.speed import SD15_UNET_CONFIG
 from grefine.refine.pasd import PASDControlNetModel, PASDUNet2DConditionModel
 
 
 def _unet_config(tiny: bool) -> dict:
     if not tiny:
         return SD15_UNET_CONFIG
-    from grefine.testing import TINY_PASD_UNET_CONFIG
+    from grefine.tiny import TINY_PASD_UNET_CONFIG
 
     return TINY_PASD_UNET_CONFIG
 

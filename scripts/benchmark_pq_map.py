@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[PQMap, PQMap]:
     if args.tiny:
-        from grefine.testing import build_tiny_open_clip
+        from grefine.tiny import build_tiny_open_clip
 
         model, tokenizer = build_tiny_open_clip()
         embeddings, blocks = None, 2

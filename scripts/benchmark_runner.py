@@ -5,7 +5,7 @@
                                        [--metrics psnr] [--prefetch 0 2] [--keep DIR]
 
 Writes ``--images`` JPEGs of ``--size``² (smooth random colour fields, as large as real outputs
-when compressed), then refines the folder with :func:`grefine.runner.run_folder` once per
+when compressed), then refines the folder with :func:`grefine.run.runner.run_folder` once per
 ``--prefetch`` value. The refiner is a stand-in for the diffusion on a GPU: it waits
 ``--refine-seconds`` without holding the GIL (as a thread blocked on CUDA does) and returns a
 changed image; everything else is the runner's real work (decoding, writing the refined image
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.eval.metrics import check_metric_names, create_metrics  # noqa: E402
-from grefine.runner import run_folder  # noqa: E402
+from grefine.run.runner import run_folder  # noqa: E402
 
 
 @dataclass

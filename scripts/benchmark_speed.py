@@ -7,7 +7,7 @@
     python scripts/benchmark_speed.py --random-weights --tiny --device cpu --sizes 64 --images 1 --total-steps 2
 
 Full-size architectures (CLIP ViT-B/16 for both maps, SDXL-inpainting, SD1.5 + PASD) with random
-weights (:mod:`grefine.eval.speed`); speed and memory do not depend on weight values. The mask's
+weights (:mod:`grefine.bench.speed`); speed and memory do not depend on weight values. The mask's
 perceptual bound is raised (``--perceptual-bound``) so that stage 1 always runs. ``--tiny`` runs
 the tiny components of ``configs/tiny-random.yaml`` instead (a smoke test of this script).
 
@@ -109,7 +109,7 @@ def build(args: argparse.Namespace, config: GRefineConfig) -> GRefinePipeline:
         return pipeline
     import open_clip
 
-    from grefine.eval.speed import build_random_pasd_stage2, build_random_sdxl_inpaint_pipeline
+    from grefine.bench.speed import build_random_pasd_stage2, build_random_sdxl_inpaint_pipeline
     from grefine.maps.aq_map import AQMap
     from grefine.maps.pq_map import PQMap
     from grefine.refine.speedups import apply_speed

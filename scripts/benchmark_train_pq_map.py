@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace, device: torch.device):
     if args.tiny:
-        from grefine.testing import build_tiny_pq_clip
+        from grefine.tiny import build_tiny_pq_clip
 
         model, tokenizer = build_tiny_pq_clip()
     else:

@@ -12,7 +12,7 @@ Scores every image of a rated database (agiqa3k, agiqa1k, aigiqa20k) once per sc
 perceptual MOS, alignment scorers against the alignment MOS) and ``plots/scatter_*.png``; with
 ``--autoqa`` also ``autoqa.csv`` / ``.md`` and ``plots/savings_*.png``
 (:mod:`grefine.eval.score_eval`). AIGIQA-20K and AGIQA-1K have one MOS, used for both
-(:mod:`grefine.eval.mos`).
+(:mod:`grefine.data.mos`).
 
 ``--split``: ``all``, one of the database's own splits (AIGIQA-20K: ``train``, ``val``,
 ``test``), or a seeded ratio split ``RATIO:PHASE[:SEED[:INDEX]]`` of all its images (``802:test``:
@@ -45,12 +45,12 @@ sys.path.insert(0, str(REPO))
 from grefine.config import ConfigError, GRefineConfig  # noqa: E402
 from grefine.errors import RunInputError, printable  # noqa: E402
 from grefine.eval.autoqa import UnitCosts  # noqa: E402
-from grefine.eval.databases import DatabaseError, SkippedRecordsWarning  # noqa: E402
+from grefine.data.databases import DatabaseError, SkippedRecordsWarning  # noqa: E402
 from grefine.eval.metrics import list_metrics  # noqa: E402
-from grefine.eval.mos import RatedSplit, load_rated  # noqa: E402
+from grefine.data.mos import RatedSplit, load_rated  # noqa: E402
 from grefine.eval.score_eval import ScoreCache, evaluate_scores  # noqa: E402
 from grefine.eval.scorers import MAP_SCORERS, PAPER_SCORERS, create_scorers, list_scorers, scorer_spec  # noqa: E402
-from grefine.lock import OutputLock  # noqa: E402
+from grefine.run.lock import OutputLock  # noqa: E402
 from grefine.weights import WeightsUnavailableError, check_weights  # noqa: E402
 
 PROG = "evaluate_scores"

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grefine.eval.tables import make_tables  # noqa: E402
+from grefine.bench.tables import make_tables  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

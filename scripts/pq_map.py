@@ -30,7 +30,7 @@ from grefine.image_io import (  # noqa: E402
     write_text_atomic,
 )
 from grefine.maps.pq_map import QUALITY_FACTORS, PQMap, QualityEmbeddingError  # noqa: E402
-from grefine.sources import list_images  # noqa: E402
+from grefine.run.sources import list_images  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def build(args: argparse.Namespace) -> PQMap:
     size = args.input_size if args.input_size in (None, "native") else int(args.input_size)
     options = dict(num_blocks=args.num_blocks, input_size=size)
     if args.tiny_random:
-        from grefine.testing import build_tiny_open_clip
+        from grefine.tiny import build_tiny_open_clip
 
         model, tokenizer = build_tiny_open_clip()
         return PQMap(model, tokenizer, None, **{**options, "num_blocks": min(args.num_blocks, 3)})

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
-from grefine.runner import Models, Processes, RunOptions, run_items  # noqa: E402
-from grefine.sources import check_encoding, scan_folder  # noqa: E402
+from grefine.run.runner import Models, Processes, RunOptions, run_items  # noqa: E402
+from grefine.run.sources import check_encoding, scan_folder  # noqa: E402
 from grefine.weights import WeightsUnavailableError  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
 
 
 def loader(config: GRefineConfig, names: list[str], report: bool):
-    """The ``load`` of :func:`grefine.runner.run_items`: the pipeline and the metrics, on the config's device."""
+    """The ``load`` of :func:`grefine.run.runner.run_items`: the pipeline and the metrics, on the config's device."""
 
     def load() -> Models:
         from grefine.eval.metrics import create_metrics
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.num_processes > 1:
             config.device = str(state.device)
         if args.input is None:
-            from grefine.demo import write_demo_inputs
+            from grefine.run.demo import write_demo_inputs
 
             args.input = Path("grefine-demo") / "input"
             if state.is_main_process:

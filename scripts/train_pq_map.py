@@ -46,7 +46,7 @@ from grefine.train import (  # noqa: E402
 from grefine.train.pq_prompts import CTX_KEY, class_text_problem  # noqa: E402
 from grefine.train.trainer import SKIPPED_NAME, check_output, make_accelerator  # noqa: E402
 
-TINY_TEXT_WIDTH = 512  # grefine.testing.build_tiny_pq_clip
+TINY_TEXT_WIDTH = 512  # grefine.tiny.build_tiny_pq_clip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(args.seed)
     try:
         if args.tiny_random:
-            from grefine.testing import build_tiny_pq_clip
+            from grefine.tiny import build_tiny_pq_clip
 
             model, _ = build_tiny_pq_clip(seed=args.seed)
         else:

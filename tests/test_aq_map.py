@@ -27,7 +27,7 @@ from grefine.maps.aq_map import (
     target_maps,
 )
 from grefine.maps.syntax_tree import add_nltk_data_dir, parse_prompt
-from grefine.testing import build_tiny_open_clip
+from grefine.tiny import build_tiny_open_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (6, 8)  # (H, W) of the planted maps
@@ -295,7 +295,7 @@ def _aq_script():
 
 
 def test_script_writes_overlays_and_scores(tiny, tmp_path):
-    from grefine.sources import scan_folder
+    from grefine.run.sources import scan_folder
 
     script = _aq_script()
     images = tmp_path / "images"

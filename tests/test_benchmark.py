@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from grefine.errors import RunInputError
-from grefine.eval import benchmark
-from grefine.eval.databases import Database, DatabaseRecord
-from grefine.eval.methods import build_refiner, load_method, tiny_random_overrides
+from grefine.bench import benchmark
+from grefine.data.databases import Database, DatabaseRecord
+from grefine.bench.methods import build_refiner, load_method, tiny_random_overrides
 from grefine.eval.metrics import PAPER_METRICS
-from grefine.runner import plan_run
+from grefine.run.runner import plan_run
 from tests.conftest import REPO
 
 AGIQA3K_ROWS = (2, 62, 1000, 2000, 2500)  # line numbers in ../shared/data/agiqa3k.csv (1 = header)

@@ -10,7 +10,7 @@ from grefine.maps.clip_surgery import (
     encode_text_embeddings,
     vvv_surgery,
 )
-from grefine.testing import build_tiny_open_clip
+from grefine.tiny import build_tiny_open_clip
 
 
 def _layer_norm(x, ln):

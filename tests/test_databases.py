@@ -11,7 +11,7 @@ from open_clip import IMAGENET_CLASSNAMES
 from PIL import Image
 
 from grefine import load_database
-from grefine.eval.databases import (
+from grefine.data.databases import (
     DATABASES,
     DatabaseError,
     DatabaseSpec,
@@ -274,7 +274,7 @@ def test_bad_names_roots_and_metadata_are_refused_clearly(tmp_path):
 
 
 def test_a_database_of_your_own(tmp_path, monkeypatch):
-    from grefine.eval.databases import DatabaseRecord
+    from grefine.data.databases import DatabaseRecord
 
     def read(index, split):
         listing = index.find("captions.json")

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy import stats
 
 import grefine.eval.scorers as scorers_module
-from grefine.eval.mos import load_rated
+from grefine.data.mos import load_rated
 from grefine.eval.scorers import PAPER_SCORERS, TABLE6_SCORERS, TABLE7_SCORERS, list_scorers
-from grefine.eval.splits import SplitSpec, ratio_split
+from grefine.data.splits import SplitSpec, ratio_split
 from tests.conftest import REPO
 
 SCORERS = "pq,aq,pq_aq,piqe"

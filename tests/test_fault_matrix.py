@@ -28,9 +28,9 @@ from PIL import Image, ImageCms, JpegImagePlugin
 
 from grefine.image_io import as_rgb_image, load_image
 from grefine.pipeline import GRefinePipeline
-from grefine.runner import run_folder
-from grefine.sources import scan_folder
-from grefine.testing import build_tiny_pasd_stage2
+from grefine.run.runner import run_folder
+from grefine.run.sources import scan_folder
+from grefine.tiny import build_tiny_pasd_stage2
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny-random.yaml"

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from grefine.config import ConfigError, GRefineConfig
-from grefine.eval.methods import METHOD_TYPES, build_refiner, list_methods, load_method, tiny_random_overrides
+from grefine.bench.methods import METHOD_TYPES, build_refiner, list_methods, load_method, tiny_random_overrides
 from grefine.weights import WeightsUnavailableError
 from tests.conftest import REPO
 
@@ -145,7 +145,7 @@ def test_missing_baseline_weights_give_the_one_preflight_message(tmp_path, monke
     [("g-refine", None), ("g-refine-aq-only", "drop_pq_map"), ("g-refine-pq-only", "drop_aq_map"), ("g-refine-stage1-only", "drop_stage2")],
 )
 def test_table8_ablation_methods_drop_one_part_each(name, dropped):
-    from grefine.eval.methods import _grefine_config
+    from grefine.bench.methods import _grefine_config
 
     default = GRefineConfig.from_yaml(REPO / "configs" / "default.yaml")
     method = load_method(name)

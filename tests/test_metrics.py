@@ -164,7 +164,7 @@ def test_to_tensor_layout(image):
 def _tiny_pickscore(folder):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from grefine.testing import build_tiny_clip_tokenizer
+    from grefine.tiny import build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()
     torch.manual_seed(0)

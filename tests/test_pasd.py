@@ -20,7 +20,7 @@ from grefine.refine.pasd import (
 )
 from grefine.refine.pasd.loading import load_pasd_model
 from grefine.refine.pasd.vae_tiling import tiled_apply
-from grefine.testing import (
+from grefine.tiny import (
     TINY_PASD_UNET_CONFIG,
     build_tiny_pasd_models,
     build_tiny_pasd_stage2,

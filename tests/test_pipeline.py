@@ -16,7 +16,7 @@ from grefine.config import ConfigError, GateBounds, GateConfig, GRefineConfig
 from grefine.maps.aq_map import Alignment
 from grefine.maps.pq_map import PQMapResult
 from grefine.maps.syntax_tree import parse_prompt
-from grefine.runner import read_results, run_folder
+from grefine.run.runner import read_results, run_folder
 from grefine.weights import WeightsUnavailableError, check_weights, map_weights, required_weights
 from tests.conftest import REPO
 

@@ -22,7 +22,7 @@ from grefine.maps.pq_map import (
     load_embedding_file,
     load_quality_prompts,
 )
-from grefine.testing import build_tiny_open_clip, build_tiny_pq_clip
+from grefine.tiny import build_tiny_open_clip, build_tiny_pq_clip
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_official_embeddings_flow_through_a_width_512_text_tower(tiny_pq, pq_emb
 
 def test_text_pair_fallback_equals_encode_text(tiny_text_pq):
     model = tiny_text_pq.surgery.model
-    from grefine.testing import build_tiny_open_clip as _build
+    from grefine.tiny import build_tiny_open_clip as _build
 
     _, tokenizer = _build()
     texts = [t for f in QUALITY_FACTORS for t in FALLBACK_TEXT_PAIRS[f]]

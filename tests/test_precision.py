@@ -17,7 +17,7 @@ from grefine.maps.aq_map import AQMap
 from grefine.maps.pq_map import PQMap
 from grefine.refine.mask import binarize
 from grefine.refine.stage1 import InpaintStage1
-from grefine.testing import (
+from grefine.tiny import (
     build_tiny_open_clip,
     build_tiny_pasd_stage2,
     build_tiny_pq_clip,

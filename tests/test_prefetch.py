@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import grefine.runner as runner_module
+import grefine.run.runner as runner_module
 from grefine import GRefinePipeline
 from grefine.config import ConfigError, GRefineConfig
-from grefine.runner import RunOptions, run_folder
+from grefine.run.runner import RunOptions, run_folder
 from tests.conftest import REPO
 
 TIMING_COLUMNS = {"maps_seconds", "stage1_seconds", "stage2_seconds", "total_seconds"}

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from grefine.refine.mask import MaskResult
-from grefine.runner import Processes, read_results, run_folder
-from grefine.sources import PromptSourceError, read_prompts, scan_folder
+from grefine.run.runner import Processes, read_results, run_folder
+from grefine.run.sources import PromptSourceError, read_prompts, scan_folder
 from tests.conftest import REPO
 
 
@@ -130,7 +130,7 @@ def test_resume_skips_finished_images_and_retries_failed_ones(tmp_path):
 
 
 def test_a_refiner_without_maps_writes_only_its_image_and_row(tmp_path):
-    from grefine.eval.methods import IdentityRefiner
+    from grefine.bench.methods import IdentityRefiner
 
     inputs = tmp_path / "in"
     _write_images(inputs, ("a.png", "b.jpg"))

@@ -14,7 +14,7 @@ from scipy import stats
 from grefine.config import GRefineConfig
 from grefine.eval.score_eval import ScoreCache, evaluate_scores
 from grefine.eval.scorers import MAP_SCORERS, create_scorers
-from grefine.eval.splits import parse_ratio, ratio_split
+from grefine.data.splits import parse_ratio, ratio_split
 from tests.conftest import REPO
 
 SCORERS = ["pq", "aq", "pq_aq", "clip_surgery", "piqe", "hps"]

@@ -6,7 +6,7 @@ import json
 import torch
 from diffusers import UNet2DConditionModel
 
-from grefine.eval.speed import SD15_UNET_CONFIG, SDXL_INPAINT_UNET_CONFIG
+from grefine.bench.speed import SD15_UNET_CONFIG, SDXL_INPAINT_UNET_CONFIG
 from grefine.refine.pasd import PASDUNet2DConditionModel
 from tests.conftest import REPO
 

@@ -15,7 +15,7 @@ from grefine import GRefinePipeline
 from grefine.config import ConfigError, GRefineConfig, SpeedConfig
 from grefine.refine.speedups import apply_speed, diffusion_models
 from grefine.refine.stage1 import InpaintStage1, ModelUnavailable
-from grefine.testing import build_tiny_sdxl_inpaint_pipeline
+from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
 from grefine.weights import required_weights
 from tests.conftest import REPO
 

@@ -15,7 +15,7 @@ from grefine.refine.stage1 import (
     inference_steps_for,
     paste_back,
 )
-from grefine.testing import build_tiny_sdxl_inpaint_pipeline
+from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
 
 H, W = 48, 64  # not multiples of 16: exercises the working-size rounding
 

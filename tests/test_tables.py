@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from PIL import Image
 
-from grefine.eval.tables import (
+from grefine.bench.tables import (
     build_table,
     collect_results,
     format_value,

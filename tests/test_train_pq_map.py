@@ -25,7 +25,7 @@ from grefine.maps.pq_map import (
     load_embedding_file,
     quality_direction,
 )
-from grefine.testing import build_tiny_pq_clip
+from grefine.tiny import build_tiny_pq_clip
 from grefine.train import (
     QualityPromptLearner,
     TrainConfig,

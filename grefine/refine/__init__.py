@@ -1,2 +1,5 @@
-"""G-Refine's quality refiner (paper §3.3): the stage-1 mask and strength (Eq. 9), stage 1
-(SDXL inpainting) and stage 2 (:mod:`grefine.refine.pasd`), cascaded as Eq. 10."""
+"""Paper §3.3: the quality refiner, the stage-1 mask and strength and both diffusion stages.
+
+The mask and strength (Eq. 9, :mod:`~grefine.refine.mask`), stage 1 (SDXL inpainting,
+:mod:`~grefine.refine.stage1`) and stage 2 (PASD, :mod:`grefine.refine.pasd`), cascaded as Eq. 10;
+the config's speed switches (:mod:`~grefine.refine.speedups`)."""

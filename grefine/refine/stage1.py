@@ -6,7 +6,7 @@ strength come from :mod:`grefine.refine.mask`:
 * :func:`inference_steps_for` turns "run n1 denoising steps" into diffusers' step arguments;
 * :class:`InpaintStage1` runs the steps and pastes the result back;
 * :func:`working_size` and :class:`StepCounter` are shared with the benchmark's SDXL baselines
-  (:mod:`grefine.eval.methods`).
+  (:mod:`grefine.bench.methods`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Learning PQ-Map's quality prompts from human scores (paper §3.1, Fig. 3; §4.2): a CoOp-style
-prompt pair in the official layout (:mod:`~grefine.train.pq_prompts`), labelled images
+"""Paper §3.1 (Fig. 3), §4.2: learning PQ-Map's quality prompts from human scores.
+
+A CoOp-style prompt pair in the official layout (:mod:`~grefine.train.pq_prompts`), labelled images
 (:mod:`~grefine.train.dataset`), cached CLS features of the frozen VVV image tower
 (:mod:`~grefine.train.features`), pyiqa's CLIP-IQA+ objective (:mod:`~grefine.train.loss`), the
 trainer (:mod:`~grefine.train.trainer`) and its log (:mod:`~grefine.train.log`)."""

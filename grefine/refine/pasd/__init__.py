@@ -1,4 +1,4 @@
-"""PASD (Pixel-Aware Stable Diffusion, Yang et al., ECCV 2024) on diffusers, as G-Refine's stage 2.
+"""Paper §3.3, Eq. 10: PASD (Pixel-Aware Stable Diffusion, ECCV 2024) on diffusers, as stage 2.
 
 * :class:`PASDUNet2DConditionModel` / :class:`PASDControlNetModel`: the models, loading the
   authors' ``pasd`` checkpoint (``unet/``, ``controlnet/``) with identical keys and shapes.

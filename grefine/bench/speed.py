@@ -3,7 +3,7 @@
 Speed and memory do not depend on weight values, so the benchmark scripts build the real
 architectures (SDXL-inpainting, SD1.5 + PASD, CLIP ViT-B/16) from their published configs,
 randomly initialised directly on the target device, with no download. Tokenizers are the tiny
-offline ones of :mod:`grefine.testing` (the token ids they produce fit the real vocabularies).
+offline ones of :mod:`grefine.tiny` (the token ids they produce fit the real vocabularies).
 Never used by a real run.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def build_random_sdxl_inpaint_pipeline(device: torch.device, dtype: torch.dtype,
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from grefine.testing import (
+    from grefine.tiny import (
         assemble_sdxl_inpaint_pipeline,
         build_tiny_clip_tokenizer,
     )
@@ -98,7 +98,7 @@ def build_random_pasd_stage2(device: torch.device, dtype: torch.dtype, **options
         PASDStage2,
         PASDUNet2DConditionModel,
     )
-    from grefine.testing import build_tiny_clip_tokenizer
+    from grefine.tiny import build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()
     with device:  # each model cast as soon as it exists: one fp32 model at a time in memory

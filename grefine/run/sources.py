@@ -1,6 +1,6 @@
 """Work items — (name, image, prompt) — and where they come from.
 
-The runner (:func:`grefine.runner.run_items`) refines a sequence of :class:`WorkItem`. This module
+The runner (:func:`grefine.run.runner.run_items`) refines a sequence of :class:`WorkItem`. This module
 builds them from a folder of images (:func:`scan_folder`), with prompts from a CSV/JSONL file
 (:func:`read_prompts`) or sidecar ``<stem>.txt`` files. Other sources (e.g. a benchmark database
 whose images live in nested folders and whose prompts come from its metadata) build ``WorkItem``

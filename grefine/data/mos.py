@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass, replace
 from typing import Union
 
-from grefine.eval.databases import DATABASES, Database, DatabaseError, DatabaseRecord, load_database
-from grefine.eval.splits import SplitSpec
+from grefine.data.databases import DATABASES, Database, DatabaseError, DatabaseRecord, load_database
+from grefine.data.splits import SplitSpec
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ MOS_COLUMNS: dict[str, MOSColumns] = {
         ),
     ),
 }
-"""The databases with human MOS, by :func:`~grefine.eval.databases.load_database` name."""
+"""The databases with human MOS, by :func:`~grefine.data.databases.load_database` name."""
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def sdxl_euler_scheduler():
 
 def assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer):
     """An SDXL-inpainting pipeline from given models (tiny here, full-size in
-    :mod:`grefine.eval.speed`) with SDXL's Euler scheduler settings and one tokenizer."""
+    :mod:`grefine.bench.speed`) with SDXL's Euler scheduler settings and one tokenizer."""
     from diffusers import StableDiffusionXLInpaintPipeline
 
     return StableDiffusionXLInpaintPipeline(

@@ -275,9 +275,9 @@ def _sdxl_img2img_builder(tiny_builder: str) -> Callable[[MethodConfig], SDXLImg
     def build(method: MethodConfig) -> SDXLImg2ImgRefiner:
         s = method.settings
         if s.tiny_random:
-            from grefine import testing
+            from grefine import tiny
 
-            pipe = getattr(testing, tiny_builder)(seed=s.seed)
+            pipe = getattr(tiny, tiny_builder)(seed=s.seed)
         else:
             from diffusers import StableDiffusionXLImg2ImgPipeline
 
@@ -290,7 +290,7 @@ def _sdxl_img2img_builder(tiny_builder: str) -> Callable[[MethodConfig], SDXLImg
 def _build_inpaint_full(method: MethodConfig) -> WholeImageInpaintRefiner:
     s = method.settings
     if s.tiny_random:
-        from grefine.testing import build_tiny_sdxl_inpaint_pipeline
+        from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
 
         stage1 = InpaintStage1(build_tiny_sdxl_inpaint_pipeline(seed=s.seed), resolution=s.resolution)
     else:
@@ -310,7 +310,7 @@ def _build_inpaint_full(method: MethodConfig) -> WholeImageInpaintRefiner:
 def _build_pasd(method: MethodConfig) -> PASDRefiner:
     s = method.settings
     if s.tiny_random:
-        from grefine.testing import build_tiny_pasd_stage2
+        from grefine.tiny import build_tiny_pasd_stage2
 
         stage2 = build_tiny_pasd_stage2(seed=s.seed, **s.options)
     else:

@@ -1,8 +1,8 @@
 """The runner: work items (name, image, prompt) -> refined images, quality maps and ``results.csv``.
 
 Entry point: :func:`run_items` (check, lock, load the models, refine). Items come from
-:func:`grefine.sources.scan_folder` (a folder; :func:`run_folder` chains the two) or from any other
-source that builds :class:`~grefine.sources.WorkItem` objects. Whatever the source, a run
+:func:`grefine.run.sources.scan_folder` (a folder; :func:`run_folder` chains the two) or from any other
+source that builds :class:`~grefine.run.sources.WorkItem` objects. Whatever the source, a run
 
 * checks everything before ``load`` is called (:func:`plan_run`): unique, relative item names;
   an output folder that is a writable folder, is not the folder of an input, and where no output
@@ -56,8 +56,8 @@ from grefine.image_io import (
     save_image_atomic,
     write_text_atomic,
 )
-from grefine.lock import LOCK_NAME, OutputLock
-from grefine.sources import WorkItem, scan_folder
+from grefine.run.lock import LOCK_NAME, OutputLock
+from grefine.run.sources import WorkItem, scan_folder
 
 RunMode = Literal["new", "resume", "overwrite"]
 RESULTS_NAME = "results.csv"
@@ -95,7 +95,7 @@ _SIGNATURE = ("name", "prompt", "p", "a", "mask_area", "error")
 
 class Refiner(Protocol):
     """What the runner needs of :class:`grefine.pipeline.GRefinePipeline` (or of a benchmark
-    baseline, :mod:`grefine.eval.methods`): a result with ``.image`` and ``.summary()``, and the
+    baseline, :mod:`grefine.bench.methods`): a result with ``.image`` and ``.summary()``, and the
     maps it has among ``.pq`` (``.map``), ``.aq`` (``.defect_map``) and ``.mask`` (``.soft``)."""
 
     def __call__(self, image: Image.Image, prompt: str, *, seed: Optional[int] = None): ...
@@ -647,7 +647,7 @@ def run_items(
     ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
 
     Args:
-        items: the work items (unique names), from :func:`grefine.sources.scan_folder` or any source.
+        items: the work items (unique names), from :func:`grefine.run.sources.scan_folder` or any source.
         load: builds the models, called once the run is checked and locked.
         mode: ``"new"`` (refuses a folder with results or files it would replace), ``"resume"``
             (skips items with a successful row and an output), ``"overwrite"`` (redoes every item).
@@ -689,7 +689,7 @@ def run_folder(
     processes: Processes = Processes(),
     **options: Any,
 ) -> RunSummary:
-    """:func:`grefine.sources.scan_folder` then :func:`run_items` with an already built ``refiner``
+    """:func:`grefine.run.sources.scan_folder` then :func:`run_items` with an already built ``refiner``
     (``options``: the fields of :class:`RunOptions`)."""
     scan = scan_folder(Path(input_dir), prompts_file, prompt_encoding)
     protected = [prompts_file] if prompts_file is not None else []

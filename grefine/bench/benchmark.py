@@ -1,13 +1,13 @@
 """The refinement benchmark (paper §4.3, Tables 2-5): one method over one database.
 
-:func:`run_benchmark` refines the records of a :class:`~grefine.eval.databases.Database` with a
-method of :mod:`grefine.eval.methods` through the runner (:func:`grefine.runner.run_items`), so
+:func:`run_benchmark` refines the records of a :class:`~grefine.data.databases.Database` with a
+method of :mod:`grefine.bench.methods` through the runner (:func:`grefine.run.runner.run_items`), so
 every guarantee of the runner holds — everything checked before any model loads, one run per
 folder, atomic writes, ``resume`` / ``overwrite``, one failed row per bad image, processes
 splitting the records — into ``<output>/<database>/<method>/``: the refined images, the maps a
 method has, and ``results.csv`` (one row per image, every metric before and after). Then
-:func:`~grefine.eval.tables.write_summary` writes ``summary.csv`` and ``summary.md`` there; the
-paper's tables gather every such folder (:func:`~grefine.eval.tables.make_tables`).
+:func:`~grefine.bench.tables.write_summary` writes ``summary.csv`` and ``summary.md`` there; the
+paper's tables gather every such folder (:func:`~grefine.bench.tables.make_tables`).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from grefine.errors import RunInputError, printable
-from grefine.eval.databases import Database
-from grefine.eval.methods import MethodConfig, build_refiner
+from grefine.data.databases import Database
+from grefine.bench.methods import MethodConfig, build_refiner
 from grefine.eval.metrics import PAPER_METRICS, create_metrics
-from grefine.eval.tables import MethodSummary, write_summary
-from grefine.runner import Models, Processes, RunMode, RunOptions, RunSummary, read_results, run_items
-from grefine.sources import WorkItem
+from grefine.bench.tables import MethodSummary, write_summary
+from grefine.run.runner import Models, Processes, RunMode, RunOptions, RunSummary, read_results, run_items
+from grefine.run.sources import WorkItem
 
 
 @dataclass
@@ -39,7 +39,7 @@ class BenchmarkRun:
 
 
 def benchmark_items(database: Database) -> list[WorkItem]:
-    """One :class:`~grefine.sources.WorkItem` per record, in the database's order.
+    """One :class:`~grefine.run.sources.WorkItem` per record, in the database's order.
 
     The item's name — the key of ``results.csv`` and the refined image's path under the method's
     folder — is the record's name as a relative POSIX path (``\\`` read as ``/``; empty, ``.``
@@ -95,7 +95,7 @@ def benchmark_folder(output: Path, database: str, method: str, root: Path) -> Pa
 
 
 def _loader(method: MethodConfig, metric_names: Sequence[str], report: Callable[[str], None]) -> Callable[[], Models]:
-    """The ``load`` of :func:`~grefine.runner.run_items`: the method's refiner (after its weights
+    """The ``load`` of :func:`~grefine.run.runner.run_items`: the method's refiner (after its weights
     pre-flight) and the metrics, on the method's device; each metric that cannot be created is
     reported and recorded in the rows' ``metric_errors``."""
 
@@ -130,7 +130,7 @@ def run_benchmark(
     Args:
         metric_names: the metrics scored before and after (default: the paper's 13); those that
             cannot be created are recorded per row in ``metric_errors``.
-        mode, output_format, options, processes: those of :func:`~grefine.runner.run_items`;
+        mode, output_format, options, processes: those of :func:`~grefine.run.runner.run_items`;
             ``options.seed`` is replaced by the method's.
         report: receives a line for each metric that cannot be created (main process).
 
