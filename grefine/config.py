@@ -18,6 +18,7 @@ only what differs. Bases may chain; a cycle is an error.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ from grefine.maps.pq_map import DEFAULT_ALPHA
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest image (width × height) a run accepts by default: 16.8 Mpx, e.g. 4096×4096 or 5000×3300."""
+
+MAX_SEED = 2**64 - 2
+"""Largest seed: torch generators take 64-bit seeds, and stage 2 draws with ``seed + 1``."""
 
 
 class ConfigError(ValueError):
@@ -58,10 +62,15 @@ class Bound:
 
     def __str__(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
-        return f"{'<' if self.high_open else '≤'} {self.high:g}"
+            return f"{'>' if self.low_open else '≥'} {_number(self.low)}"
+        return f"{'<' if self.high_open else '≤'} {_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    """A bound or value as written: whole numbers in full (a 20-digit seed stays readable)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def within(low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False, high_open: bool = False) -> dict:
@@ -240,7 +249,7 @@ class GRefineConfig:
 
     device: str = "auto"
     dtype: str = field(default="auto", metadata=one_of("auto", "fp16", "bf16", "fp32"))
-    seed: int = field(default=0, metadata=within(0))
+    seed: int = field(default=0, metadata=within(0, MAX_SEED))
     total_steps: int = field(default=20, metadata=within(2))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=within(MIN_SIDE * MIN_SIDE))
     cpu_offload: bool = False
@@ -348,11 +357,14 @@ def check_value(kind: type, name: str, value: Any, where: str) -> Any:
     choices = spec.metadata.get("choices")
     if choices is not None and any(item not in choices for item in (checked if isinstance(checked, list) else [checked])):
         raise ConfigError(f"{where} must be one of {', '.join('null' if c is None else str(c) for c in choices)}; got {value!r}.")
+    for number in checked if isinstance(checked, list) else [checked]:
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {number} (YAML's .nan / .inf are not values).")
     bound = spec.metadata.get("bound")
     if bound is not None:
         for number in checked if isinstance(checked, list) else [checked]:
             if number is not None and number not in bound:
-                raise ConfigError(f"{where} must be {bound}, got {number:g}.")
+                raise ConfigError(f"{where} must be {bound}, got {_number(number)}.")
     return checked
 
 

@@ -10,6 +10,7 @@ metadata over to its refined version (:func:`save_image_atomic`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -36,6 +37,9 @@ JPEG_QUALITY = 95
 
 _PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 _EXIF_ORIENTATION = 0x0112
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+TEMPORARY_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+"""Names of the temporary files of :func:`atomic_write` (``.<name>.<8 random characters>.tmp``)."""
 
 
 class ImageLoadError(ValueError):
@@ -219,32 +223,48 @@ def atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
-def save_image_atomic(image: Image.Image, path: PathLike, reference: Optional[PathLike] = None) -> None:
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` that a killed process left in ``folder``
+    and below (only names of :data:`TEMPORARY_FILE`; call it while no other process writes
+    there). Returns what was removed."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        if TEMPORARY_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def save_image_atomic(image: Image.Image, path: PathLike, reference: Optional[PathLike] = None, **save_options) -> None:
     """Write ``image`` to ``path`` (format from the suffix) so that the file is either complete or absent.
 
-    Lossless formats stay lossless (PNG, TIFF, BMP; WebP is written lossless). JPEG is written at
-    quality :data:`JPEG_QUALITY` (95). With a ``reference`` (the input file this image was refined
-    from), its RGB ICC profile, EXIF (orientation reset: the pixels are upright), resolution and,
-    for JPEG, its chroma subsampling are carried over.
+    Lossless formats stay lossless (PNG, TIFF, BMP; WebP is written lossless, keeping the colours
+    under transparent pixels). JPEG is written at quality :data:`JPEG_QUALITY` (95). With a
+    ``reference`` (the input file this image was refined from), its ICC profile (when it describes
+    the image's colour space: RGB, or gray for a grayscale image), EXIF (orientation reset: the
+    pixels are upright), resolution and, for JPEG, its chroma subsampling are carried over.
+    ``save_options`` go to ``Image.save`` last (e.g. a TIFF's ``compression``).
     """
     path = Path(path)
     file_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    options = _metadata_of(Path(reference)) if reference is not None else {}
+    options = metadata_of(Path(reference), image.mode) if reference is not None else {}
     if file_format == "JPEG":
         options = {"quality": JPEG_QUALITY, "subsampling": options.pop("subsampling", 0), **options}
     else:
         options.pop("subsampling", None)
         if file_format == "WEBP":
-            options["lossless"] = True
+            options.update(lossless=True, exact=True)
+    options.update(save_options)
     atomic_write(path, lambda tmp: image.save(tmp, format=file_format, **options))
 
 
-def _metadata_of(reference: Path) -> dict:
-    """The save options that carry ``reference``'s metadata over (read from its header)."""
+def metadata_of(reference: Path, mode: str = "RGB") -> dict:
+    """The save options that carry ``reference``'s metadata over to an image of ``mode`` (read
+    from its header)."""
     with Image.open(reference) as original:
         options: dict = {}
         icc = original.info.get("icc_profile")
-        if icc and icc[16:20] == b"RGB ":  # a CMYK or gray profile does not describe RGB pixels
+        if icc and icc[16:20] == (b"GRAY" if mode in _GRAY_MODES else b"RGB "):  # a profile must describe the pixels
             options["icc_profile"] = icc
         exif = original.getexif()
         if exif:

@@ -344,9 +344,9 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
 def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> InpaintStage1:
     cfg = config.stage1
     if cfg.tiny_random:
-        from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
+        from grefine.tiny import build_tiny_sdxl_inpaint_pipeline, cast_tiny
 
-        pipe = build_tiny_sdxl_inpaint_pipeline(seed=config.seed).to(dtype=dtype)
+        pipe = cast_tiny(build_tiny_sdxl_inpaint_pipeline(seed=config.seed), dtype)
         return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution)
     variant = cfg.variant if dtype == torch.float16 else None
     return InpaintStage1.from_pretrained(
@@ -368,9 +368,9 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
     options = {"max_resolution": cfg.max_resolution, **cfg.options}
     if cfg.tiny_random:
-        from grefine.tiny import build_tiny_pasd_stage2
+        from grefine.tiny import build_tiny_pasd_stage2, cast_tiny
 
-        stage2 = build_tiny_pasd_stage2(seed=config.seed, **options).to(dtype=dtype)
+        stage2 = cast_tiny(build_tiny_pasd_stage2(seed=config.seed, **options), dtype)
     else:
         from grefine.refine.pasd import PASDStage2
 

@@ -94,8 +94,9 @@ def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):
     "text_time"``, a 2-level VAE (scale factor 2), two CLIP text encoders (the second with a
     projection, whose pooled output conditions the UNet), two tiny tokenizers and an Euler
     scheduler. ``requires_aesthetics_score=False`` as in ``diffusers/stable-diffusion-xl-1.0-
-    inpainting-0.1``: 6 time ids · 8 + 32 pooled = 80 projection inputs."""
-    tokenizer, unet, vae, text_encoder, text_encoder_2 = _tiny_sdxl_components(seed, in_channels=9)
+    inpainting-0.1``: 6 time ids · 8 + 32 pooled = 80 projection inputs; and its fp16-fixed VAE's
+    ``force_upcast: false`` (diffusers then never recasts the VAE while it runs)."""
+    tokenizer, unet, vae, text_encoder, text_encoder_2 = _tiny_sdxl_components(seed, in_channels=9, vae_force_upcast=False)
     return assemble_sdxl_inpaint_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizer)
 
 
@@ -145,11 +146,14 @@ def build_tiny_sdxl_refiner_pipeline(seed: int = 0):
 _TINY_SDXL_TEXT_WIDTH = 32
 
 
-def _tiny_sdxl_components(seed: int, *, in_channels: int, time_ids: int = 6, cross_attention_dim: int = 2 * _TINY_SDXL_TEXT_WIDTH):
+def _tiny_sdxl_components(
+    seed: int, *, in_channels: int, time_ids: int = 6, cross_attention_dim: int = 2 * _TINY_SDXL_TEXT_WIDTH, vae_force_upcast: bool = True
+):
     """``(tokenizer, unet, vae, text_encoder, text_encoder_2)`` of the tiny SDXL pipelines: a
     2-level UNet with ``addition_embed_type="text_time"`` (``time_ids`` · 8 + 32 pooled
-    projection inputs), a 2-level VAE (scale factor 2), two 32-wide CLIP text encoders (the
-    second projected) and the tiny tokenizer."""
+    projection inputs), a 2-level VAE (scale factor 2; ``force_upcast`` as the original SDXL VAE
+    unless ``vae_force_upcast`` is False), two 32-wide CLIP text encoders (the second projected)
+    and the tiny tokenizer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -178,6 +182,7 @@ def _tiny_sdxl_components(seed: int, *, in_channels: int, time_ids: int = 6, cro
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         latent_channels=4,
         sample_size=64,
+        force_upcast=vae_force_upcast,
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -307,3 +312,15 @@ def build_tiny_pasd_stage2(seed: int = 0, **options):
     )
     stage2.set_progress_bar_config(disable=True)
     return stage2
+
+
+def cast_tiny(pipe, dtype: torch.dtype):
+    """A pipeline of tiny random models (built in fp32) in ``dtype``. Its models are cast as plain
+    torch modules: they have no layers that must stay in fp32, and diffusers' own ``to(dtype)``
+    would warn so for each of them; in fp32 the pipeline is returned as built."""
+    if dtype == torch.float32:
+        return pipe
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            torch.nn.Module.to(component, dtype=dtype)
+    return pipe

@@ -15,21 +15,41 @@ from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from grefine.config import GRefineConfig
-from grefine.errors import CHECKPOINTS_HELP
+from grefine.errors import CHECKPOINTS_HELP, MissingItemsError
+
+HUB = "the Hugging Face hub"
+PQ_EMBEDDINGS_ORIGIN = "the G-Refine authors' release on GitHub (github.com/Q-Future/Q-Refine, folder embeding/)"
+PASD_ORIGIN = "the PASD authors' release on GitHub (github.com/yangxy/PASD: the folder with unet/ and controlnet/)"
 
 
-class WeightsUnavailableError(OSError):
-    """Weights needed by a configuration are neither local, cached, nor downloadable."""
+class WeightsUnavailableError(MissingItemsError):
+    """Weights (or data) needed by a configuration are neither local, cached, nor downloadable;
+    the message lists each, one per line, with where it comes from."""
 
 
 @dataclass(frozen=True)
 class WeightSource:
-    """One thing to load: what it is, where from (hub id or path), and the config key naming it."""
+    """One thing to load: what it is, where from (hub id or path), the config key naming it, the
+    files a local folder must hold, and ``origin``: where a local path's files come from (empty:
+    a hub id, from :data:`HUB`)."""
 
     what: str
     source: str
     config_key: str
     files: tuple[str, ...] = ()
+    origin: str = ""
+
+    def missing_line(self) -> str:
+        """One line of the pre-flight message: this source, its config key and where it comes from."""
+        if self.origin and _looks_local(self.source):
+            files = f" (with {', '.join(self.files)})" if self.files else ""
+            return f"  - {self.what}: '{self.source}' (config key {self.config_key}) is missing{files}; it comes from {self.origin}"
+        return f"  - {self.what}: '{self.source}' (config key {self.config_key}), from {HUB}: not in its local cache"
+
+
+def _looks_local(source: str) -> bool:
+    """A path on this machine rather than a hub id (``checkpoints/...`` is the shipped configs' folder)."""
+    return Path(source).exists() or source.startswith((".", "/", "~")) or Path(source).parts[:1] == ("checkpoints",)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -98,7 +118,7 @@ def map_weights(config: GRefineConfig) -> list[WeightSource]:
     pq = config.pq_map
     if not pq.tiny_random and pq.embeddings:
         files = tuple(f"PQ-{f}.pth" for f in ("overall", "technical", "rational", "natural"))
-        needed.append(WeightSource("PQ-Map quality embeddings", pq.embeddings, "pq_map.embeddings", files))
+        needed.append(WeightSource("PQ-Map quality embeddings", pq.embeddings, "pq_map.embeddings", files, PQ_EMBEDDINGS_ORIGIN))
     return needed
 
 
@@ -113,30 +133,34 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     stage2 = config.stage2
     if stage2.type and not stage2.tiny_random and stage2.strength > 0 and not config.ablation.drop_stage2:
         needed.append(WeightSource("Stable Diffusion 1.5 base (stage 2)", stage2.base_model, "stage2.base_model"))
-        needed.append(WeightSource("PASD unet + controlnet (stage 2)", stage2.pasd_model, "stage2.pasd_model"))
+        needed.append(WeightSource("PASD unet + controlnet (stage 2)", stage2.pasd_model, "stage2.pasd_model", origin=PASD_ORIGIN))
     return list({(w.source, w.files): w for w in needed}.values())
 
 
 def _nltk_missing() -> list[str]:
     """A line per NLTK data package AQ-Map needs (POS tagger, stop words) that neither loads nor
-    downloads, saying how to get it."""
+    downloads, saying where it comes from and how to get it."""
     from grefine.maps.syntax_tree import (
-        DOWNLOAD_COMMAND,
-        STOPWORDS_DOWNLOAD_COMMAND,
+        STOPWORDS_RESOURCE,
+        TAGGER_RESOURCE,
         NLTKDataUnavailableError,
         load_stopwords,
         load_tagger,
     )
 
     lines = []
-    for what, load, command in (
-        ("NLTK POS tagger (AQ-Map prompt parsing)", load_tagger, DOWNLOAD_COMMAND),
-        ("NLTK stop words (AQ-Map phrase scoring)", load_stopwords, STOPWORDS_DOWNLOAD_COMMAND),
+    for what, load, resource, folder in (
+        ("NLTK POS tagger (AQ-Map prompt parsing)", load_tagger, TAGGER_RESOURCE, f"taggers/{TAGGER_RESOURCE}/"),
+        ("NLTK stop words (AQ-Map phrase scoring)", load_stopwords, STOPWORDS_RESOURCE, f"corpora/{STOPWORDS_RESOURCE}.zip"),
     ):
         try:
             load()
         except NLTKDataUnavailableError:
-            lines.append(f"  - {what}: run `{command}` or set NLTK_DATA")
+            lines.append(
+                f"  - {what}: NLTK data '{resource}', downloaded from NLTK's data server on first use; neither installed nor "
+                f"downloadable here: run `python -m nltk.downloader {resource}` where there is internet, or set NLTK_DATA to a "
+                f"folder holding {folder}"
+            )
     return lines
 
 
@@ -144,13 +168,15 @@ def check_weights(config: GRefineConfig, online: Optional[bool] = None, *, maps_
     """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger and
     stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had.
     ``maps_only``: only the map sections' weights (:func:`map_weights`), e.g. for scoring images
-    with PQ-Map and AQ-Map without refining them."""
+    with PQ-Map and AQ-Map without refining them. The message suggests the smoke configuration
+    only to a config that needs weights."""
+    needed = map_weights(config) if maps_only else required_weights(config)
     require_weights(
-        map_weights(config) if maps_only else required_weights(config),
+        needed,
         f"config {config.source}",
         online=online,
         other_missing=[] if config.ablation.drop_aq_map else _nltk_missing(),
-        hint="For a smoke test without weights use configs/tiny-random.yaml.",
+        hint="For a smoke test without weights use configs/tiny-random.yaml." if needed else "",
     )
 
 
@@ -163,17 +189,16 @@ def require_weights(
     hint: str = "",
 ) -> None:
     """The one pre-flight message: raise :class:`WeightsUnavailableError` naming ``what`` (a
-    config, a benchmark method) and listing every source of ``needed`` that cannot be had, with
-    its config key, plus ``other_missing`` lines; ``hint`` ends the message."""
+    config, a benchmark method) and listing, one per line, every source of ``needed`` that
+    cannot be had (its config key and where it comes from), plus ``other_missing`` lines;
+    ``hint`` ends the message."""
     local_missing = [w for w in needed if w.files and not is_available(w)]
     online = hub_reachable() if online is None else online
     missing = local_missing if online else [w for w in needed if not is_available(w)]
-    lines = [f"  - {w.what}: '{w.source}' (config key {w.config_key})" for w in missing]
-    lines += list(other_missing)
+    lines = [w.missing_line() for w in missing] + list(other_missing)
     if lines:
-        listing = "\n".join(lines)
-        state = "" if online else " and the Hugging Face hub cannot be reached"
+        hub_listed = any(HUB in line for line in lines)
+        state = "" if online or not hub_listed else f" ({HUB} cannot be reached, so nothing can be downloaded)"
         raise WeightsUnavailableError(
-            f"grefine cannot start with {what}: these weights are missing{state}:\n"
-            f"{listing}\n{CHECKPOINTS_HELP} {hint}".rstrip()
+            f"cannot start with {what}; missing{state}:\n" + "\n".join(lines) + f"\n{CHECKPOINTS_HELP} {hint}".rstrip()
         )

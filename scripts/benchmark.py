@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
-from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
+from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, printable, refusal_text  # noqa: E402
 from grefine.bench.benchmark import benchmark_folder, run_benchmark  # noqa: E402
 from grefine.data.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
 from grefine.bench.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
@@ -55,7 +55,7 @@ from grefine.weights import WeightsUnavailableError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", required=True, help="agiqa3k, agiqa1k, aigiqa20k, diffusiondb or genimage")
     parser.add_argument("--root", type=Path, required=True, help="the database's unpacked download")
     parser.add_argument("--output", type=Path, required=True, help="benchmark folder: results go to DIR/<database>/<method>/")
@@ -126,8 +126,8 @@ def database_from_args(args: argparse.Namespace, report: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         check_options(args)
         method = method_from_args(args)
         names = metric_names(args)
@@ -154,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             processes=Processes.from_accelerate(state),
             report=lambda line: print(f"benchmark: {line}", file=sys.stderr),
         )
+    except RunInterrupted as stop:
+        print(f"benchmark: interrupted: {len(stop.summary.done)} image(s) refined and kept in {printable(str(stop.output))} "
+              f"(their rows are in results.csv); run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("benchmark: interrupted before any image was refined; nothing new was written.", file=sys.stderr)
+        return 130
     except (ConfigError, DatabaseError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
-        print(f"benchmark: {printable(' '.join(str(err).split()))}", file=sys.stderr)
+        print(f"benchmark: {refusal_text(err)}", file=sys.stderr)
         return 2
     if state.is_main_process:
         run = result.run
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark: results.csv also holds {result.other_rows} row(s) of images outside this run (an earlier sample); the summary includes them.", file=sys.stderr)
         print(
             f"benchmark: {len(run.done)} refined, {len(run.skipped)} already done, {len(run.failed)} failed -> "
-            f"{printable(str(result.folder))} (results.csv, summary.csv, summary.md)"
+            f"{printable(str(result.folder))} (results.csv, summary.csv, summary.md"
+            + (f"; library messages: {printable(str(run.log))})" if run.log is not None else ")")
         )
     return result.run.exit_code
 

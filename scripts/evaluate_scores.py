@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig  # noqa: E402
-from grefine.errors import RunInputError, printable  # noqa: E402
+from grefine.errors import OneLineArgumentParser, RunInputError, printable, refusal_text  # noqa: E402
 from grefine.eval.autoqa import UnitCosts  # noqa: E402
 from grefine.data.databases import DatabaseError, SkippedRecordsWarning  # noqa: E402
 from grefine.eval.metrics import list_metrics  # noqa: E402
@@ -59,7 +59,7 @@ OUTPUTS = ("scores.csv", "correlations.csv")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", required=True, help="agiqa3k, agiqa1k or aigiqa20k")
     parser.add_argument("--root", type=Path, required=True, help="the database's unpacked download")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
@@ -218,13 +218,13 @@ def run(plan: Plan, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    lock = OutputLock(args.output)
     try:
+        args = parse_args(argv)
+        lock = OutputLock(args.output)
         plan = prepare(args)
         lock.acquire()
     except (ConfigError, DatabaseError, RunInputError, WeightsUnavailableError) as err:
-        print(f"{PROG}: {printable(' '.join(str(err).split()))}", file=sys.stderr)
+        print(f"{PROG}: {refusal_text(err)}", file=sys.stderr)
         return 2
     try:
         return run(plan, args)

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for table in written.tables:
         print(f"{table.title}: {len(table.rows)} method(s), {len(table.metrics)} metric(s)")
+    for warning in written.warnings:
+        print(f"make_tables: warning: {warning}", file=sys.stderr)
     print(f"wrote {written.markdown}, {written.latex}, {len(written.charts)} chart(s) and {len(written.summaries)} method summaries")
     return 0
 

@@ -26,14 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
-from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
-from grefine.run.runner import Models, Processes, RunOptions, run_items  # noqa: E402
+from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, printable, refusal_text  # noqa: E402
+from grefine.run.runner import Models, Processes, RunOptions, RunSummary, run_items  # noqa: E402
 from grefine.run.sources import check_encoding, scan_folder  # noqa: E402
-from grefine.weights import WeightsUnavailableError  # noqa: E402
+from grefine.weights import WeightsUnavailableError, check_weights  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The options; a wrong one raises :class:`~grefine.errors.RunInputError` (one line, exit 2)."""
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, help="folder of images (default: the built-in demo set)")
     parser.add_argument("--output", type=Path, help="output folder, not the input folder (default: <input>-refined, or ./grefine-demo/output)")
     parser.add_argument("--prompts", type=Path, help="CSV (name,prompt) or JSONL prompts; else sidecar .txt files")
@@ -94,11 +95,12 @@ def loader(config: GRefineConfig, names: list[str], report: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         config = load_config(args)
         names = metric_names(args, config)
         check_encoding(args.prompt_encoding)
+        check_weights(config)  # the pre-flight, before anything is written (the demo's inputs included)
         import torch
         from accelerate import PartialState
 
@@ -134,15 +136,32 @@ def main(argv: list[str] | None = None) -> int:
             ),
             processes=Processes.from_accelerate(state),
         )
+    except RunInterrupted as stop:
+        print(f"grefine: interrupted: {len(stop.summary.done)} image(s) refined and kept in {printable(str(stop.output))} "
+              f"(their rows are in results.csv); run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("grefine: interrupted before any image was refined; nothing new was written.", file=sys.stderr)
+        return 130
     except (ConfigError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
-        print(f"grefine: {printable(' '.join(str(err).split()))}", file=sys.stderr)
+        print(f"grefine: {refusal_text(err)}", file=sys.stderr)
         return 2
     if state.is_main_process:
-        print(
-            f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
-            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))})"
-        )
+        print(summary_line(summary, output))
     return summary.exit_code
+
+
+def summary_line(summary: RunSummary, output: Path) -> str:
+    """What the run did, where its results are, and the log of the libraries' messages, if any."""
+    results = f"results: {printable(str(summary.results_csv))}"
+    if summary.log is not None:
+        results += f"; library messages: {printable(str(summary.log))}"
+    if summary.skipped and not summary.done and not summary.failed:
+        return f"grefine: nothing left to do: all {len(summary.skipped)} image(s) are already refined in {printable(str(output))} ({results})"
+    return (
+        f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed -> {printable(str(output))} ({results})"
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from grefine.eval.correlation import MIN_LOGISTIC_PAIRS  # noqa: E402
 from grefine.errors import MissingWeightsError  # noqa: E402
 from grefine.maps.pq_map import (  # noqa: E402
     QUALITY_FACTORS,
@@ -147,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_pq_map: {err}", file=sys.stderr)
         return 2
     accelerator = make_accelerator(args.seed)
+    if len(data.val) < MIN_LOGISTIC_PAIRS and accelerator.is_main_process:
+        print(
+            f"train_pq_map: note: the validation split has {len(data.val)} images, too few for the {MIN_LOGISTIC_PAIRS}-parameter "
+            "logistic fit behind val_plcc: val_plcc stays empty (nan); val_srcc still picks the best epoch.",
+            file=sys.stderr,
+        )
     try:
         if args.tiny_random:
             from grefine.tiny import build_tiny_pq_clip

@@ -199,5 +199,6 @@ def test_refine_script_stops_at_once_without_weights(tmp_path, monkeypatch, caps
     refine = _load_script("refine")
     assert refine.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 2
     message = capsys.readouterr().err
-    assert "weights are missing" in message and "checkpoints/README.md" in message
+    assert "cannot start with config" in message and "missing (the Hugging Face hub cannot be reached" in message
+    assert "checkpoints/README.md" in message
     assert "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" in message

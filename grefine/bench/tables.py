@@ -10,14 +10,17 @@ format). From it:
   higher-is-better metric, higher for BRISQUE, PIQE and the other lower-is-better metrics of
   the registry, :func:`~grefine.eval.metrics.describe_metric`); written as ``summary.csv`` and
   ``summary.md`` next to ``results.csv``. Rows with an ``error`` are left out; a metric's means
-  use the images that have both of its scores.
+  use the images that have both of its scores; a metric without any keeps the reason its rows
+  give in ``metric_errors`` (e.g. its weights are missing).
 * :func:`make_tables`: every database × method in the paper's layout — one table per database
   (GenImage, DiffusionDB, AGIQA-1K, AGIQA-3K first: Tables 2-5), a first row with the original
   images' scores, one row per method, the indicator columns in the paper's order (then any other
-  metric); per column the best method in bold and the second underlined, negative optimisations
-  marked †, and per method its count of first and second places and of negative optimisations
+  metric); per column the best method in bold and the second underlined (only when two ranked methods
+  or more have a value, and never a value marked †), negative optimisations marked †, and per method its count of first and second places and of negative optimisations
   — as Markdown (``tables.md``) and LaTeX (``tables.tex``), plus one PNG chart per database
   (``chart_<database>.png``: each method's relative change per metric, improvement upwards).
+  A column without any value is explained under its table and in :attr:`TablesOutput.warnings`
+  (a table whose every column is empty too: e.g. every metric was unavailable).
 
 Ranks compare the values as printed (4 decimals below 1, else 5 significant digits, as the
 paper prints them), so equal-looking numbers share a place. ``identity`` (the harness check) is
@@ -94,6 +97,8 @@ class MethodSummary:
     failed: int
     metrics: dict[str, MetricSummary]
     before: dict[str, dict[str, float]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Why a metric has no image with both scores: the reason in its rows' ``metric_errors``."""
 
 
 def _better(a: float, b: float, lower_better: bool) -> bool:
@@ -143,7 +148,19 @@ def summarize_results(results_csv: Path, database: str = "", method: str = "") -
             worsened=sum(_better(b, a, lower) for _, b, a in pairs),
             unchanged=sum(a == b for _, b, a in pairs),
         )
-    return MethodSummary(database, method, len(rows), len(rows) - len(usable), metrics, before)
+    unavailable = {name: _no_value_reason(rows, name) for name, summary in metrics.items() if not summary.images}
+    return MethodSummary(database, method, len(rows), len(rows) - len(usable), metrics, before, unavailable)
+
+
+def _no_value_reason(rows: list[dict[str, str]], metric: str) -> str:
+    """The first reason a row's ``metric_errors`` gives for ``metric`` (``name: why`` or
+    ``name/before: why``), else why no image has both scores."""
+    for row in rows:
+        for part in (row.get("metric_errors") or "").split("; "):
+            name, _, reason = part.partition(":")
+            if name.split("/")[0].strip() == metric and reason.strip():
+                return reason.strip()
+    return "no image has both scores" if rows else "results.csv has no rows"
 
 
 def write_summary(method_dir: Path) -> MethodSummary:
@@ -181,6 +198,7 @@ def _summary_markdown(summary: MethodSummary) -> str:
             f"| {m.metric} {arrow} | {m.images} | {format_value(m.mean_before)} | {format_value(m.mean_after)}{mark} "
             f"| {'—' if math.isnan(m.change) else format(m.change, '+.4g')} | {m.improved} | {m.worsened} | {m.unchanged} |"
         )
+    lines += [""] + [f"*No value for {metric}: {' '.join(reason.split())}*" for metric, reason in summary.unavailable.items()] if summary.unavailable else []
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +236,8 @@ class DatabaseTable:
     lower_better: dict[str, bool]
     original: dict[str, Optional[float]]
     rows: dict[str, dict[str, Cell]]
+    empty: dict[str, str] = field(default_factory=dict)
+    """Metrics without a value in any row, and why (:attr:`MethodSummary.unavailable`)."""
 
     def count(self, method: str, mark: str) -> int:
         """How many cells of ``method`` are ``first``, ``second`` or ``negative``."""
@@ -258,7 +278,12 @@ def build_table(database: str, summaries: dict[str, MethodSummary]) -> DatabaseT
                 scores.setdefault(image, score)
         original[metric] = sum(scores.values()) / len(scores) if scores else None
     rows = {method: {metric: _cell(summary.metrics.get(metric)) for metric in metrics} for method, summary in summaries.items()}
-    table = DatabaseTable(database, metrics, lower, original, rows)
+    empty = {
+        metric: next((s.unavailable[metric] for s in summaries.values() if metric in s.unavailable), "no image has both scores")
+        for metric in metrics
+        if all(row[metric].value is None for row in rows.values())
+    }
+    table = DatabaseTable(database, metrics, lower, original, rows, empty)
     for metric in metrics:
         _rank(table, metric)
     return table
@@ -271,8 +296,12 @@ def _cell(summary: Optional[MetricSummary]) -> Cell:
 
 
 def _rank(table: DatabaseTable, metric: str) -> None:
-    """Mark the best (bold) and second-best (underlined) ranked methods of one column."""
-    shown = {method: float(format_value(row[metric].value)) for method, row in table.rows.items() if method not in UNRANKED and row[metric].value is not None}
+    """Mark the best (bold) and second-best (underlined) ranked methods of one column: only when
+    two ranked methods or more have a value, and never a negative optimisation (†)."""
+    ranked = {method: row[metric] for method, row in table.rows.items() if method not in UNRANKED and row[metric].value is not None}
+    if len(ranked) < 2:
+        return
+    shown = {method: float(format_value(cell.value)) for method, cell in ranked.items() if not cell.negative}
     places = sorted(set(shown.values()), reverse=not table.lower_better[metric])
     for method, value in shown.items():
         cell = table.rows[method][metric]
@@ -296,7 +325,20 @@ def table_markdown(table: DatabaseTable) -> str:
         cells = [_markdown_cell(row[m]) for m in table.metrics]
         counts = ["–", "–"] if method in UNRANKED else [str(table.count(method, "first")), str(table.count(method, "second"))]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {' | '.join(counts)} | {table.count(method, 'negative')} |")
-    return "\n".join(lines) + "\n"
+    explained = empty_columns_note(table)
+    return "\n".join(lines + (["", f"*{explained}*"] if explained else [])) + "\n"
+
+
+def empty_columns_note(table: DatabaseTable) -> str:
+    """Why columns of ``table`` have no value ("" when every column has one)."""
+    if not table.metrics:
+        return "no metric was scored (the runs had --metrics none)"
+    if not table.empty:
+        return ""
+    reasons = "; ".join(f"{metric}: {' '.join(reason.split())}" for metric, reason in table.empty.items())
+    if len(table.empty) == len(table.metrics):
+        return f"no metric has a value, so the table and chart are empty ({reasons})"
+    return f"no value for {', '.join(table.empty)} ({reasons})"
 
 
 def _markdown_cell(cell: Cell) -> str:
@@ -365,6 +407,8 @@ def write_chart(table: DatabaseTable, path: Path) -> None:
         positions = [x + (index - (len(methods) - 1) / 2) * width for x in range(len(table.metrics))]
         axes.bar(positions, [0.0 if c is None else c for c in changes], width, label=method)
     axes.axhline(0.0, color="black", linewidth=0.8)
+    if table.metrics and len(table.empty) == len(table.metrics):
+        axes.text(0.5, 0.5, "no metric has a value: see tables.md", transform=axes.transAxes, ha="center", va="center", color="tab:red")
     axes.set_xticks(range(len(table.metrics)), [_header(table, m) for m in table.metrics], rotation=45, ha="right")
     axes.set_ylabel("change after refinement (%), up = better")
     axes.set_title(table.title)
@@ -394,6 +438,8 @@ class TablesOutput:
     latex: Path
     charts: list[Path]
     summaries: list[Path]
+    warnings: list[str] = field(default_factory=list)
+    """One line per table with empty columns, saying why (e.g. every metric was unavailable)."""
 
 
 def make_tables(root: Path) -> TablesOutput:
@@ -423,7 +469,8 @@ def make_tables(root: Path) -> TablesOutput:
     for table in tables:
         charts.append(root / f"chart_{table.database}.png")
         write_chart(table, charts[-1])
-    return TablesOutput(tables, markdown, latex, charts, summaries)
+    warnings = [f"{table.database}: {note}" for table in tables if (note := empty_columns_note(table))]
+    return TablesOutput(tables, markdown, latex, charts, summaries, warnings)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -12,7 +12,8 @@ unit costs ``c_Gen``, ``c_AQA`` (per generated image), ``c_MQA`` (per reviewed i
 
 :func:`autoqa_cost` evaluates this; :func:`gate_sweep` measures ``y_AQA``, ``P_AQA`` and the
 recall of a score used as a gate (pass when ``score ≥ threshold``) on a database with MOS, for
-a range of thresholds, and prices each with :func:`autoqa_cost`.
+a range of thresholds, and prices each with :func:`autoqa_cost`; :func:`savings_interval` gives
+a bootstrap interval of the savings at one threshold (how much a figure from few images is worth).
 
 "Accepted by people" is ``MOS > accept_mos``. The default level is the median MOS of the images
 swept, so that about half of them are acceptable: a neutral choice that needs no knowledge of
@@ -214,3 +215,40 @@ def gate_sweep(
         threshold = -float(cut) if lower_better else float(cut)
         points.append(GatePoint(threshold, n_passed, y_aqa, p_aqa, hits / n_accepted, _price(y_aqa, p_aqa, p_gen, costs)))
     return GateSweep(len(score), n_accepted, p_gen, levels, costs, lower_better, points)
+
+
+def savings_interval(
+    scores: Union[Sequence[float], np.ndarray],
+    mos: Union[Sequence[float], np.ndarray],
+    threshold: float,
+    *,
+    accept_mos: Union[float, Sequence[float]],
+    costs: UnitCosts = UnitCosts(),
+    lower_better: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the savings of the gate ``score ≥ threshold`` (``≤`` when
+    ``lower_better``): the images are resampled with replacement and ``P_Gen``, ``y_AQA`` and
+    ``P_AQA`` measured again on each resample at the same threshold and acceptance levels. A
+    resample where no image passes or none is acceptable is left out; one where no passed image
+    is acceptable saves −∞. (NaN, NaN) when ``n_boot`` is 0 or no resample is usable. The best
+    threshold of a sweep was chosen on these images, so its interval is optimistic."""
+    score = np.asarray(scores, dtype=np.float64)
+    accepted, _ = people_accept(mos, accept_mos)
+    passed = score <= threshold if lower_better else score >= threshold
+    rng = np.random.default_rng(seed)
+    savings = []
+    for _ in range(n_boot):
+        index = rng.integers(0, len(score), len(score))
+        n_passed, n_accepted = int(passed[index].sum()), int(accepted[index].sum())
+        if n_passed == 0 or n_accepted == 0:
+            continue
+        hits = int((passed & accepted)[index].sum())
+        savings.append(_price(n_passed / len(score), hits / n_passed, n_accepted / len(score), costs).savings)
+    if not savings:
+        return float("nan"), float("nan")
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(np.asarray(savings), [tail, 100.0 - tail], method="nearest")  # no interpolation with −∞
+    return float(low), float(high)

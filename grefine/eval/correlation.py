@@ -23,8 +23,11 @@ points set by the data (asymptotes at the MOS extremes, ordered by the sign of t
 correlation; midpoint at the median; widths of ½, 1 and 2 standard deviations), keeping the best.
 
 Degenerate input is never passed to scipy: fewer than three pairs, a constant prediction or a
-constant MOS give NaN criteria with ``reason`` saying why; mismatched lengths, non-numeric or
-non-finite values raise :class:`ValueError` naming the input.
+constant MOS give NaN criteria with ``reason`` saying why, and fewer than four pairs (the
+logistic's four parameters) leave PLCC and RMSE undefined; mismatched lengths, non-numeric or
+non-finite values raise :class:`ValueError` naming the input. A fit that is a step (no prediction
+lies on its slope, common with few images) is flagged in ``note``: PLCC and RMSE then only say
+where the step falls. Samples under :data:`SMALL_SAMPLE` images are marked by the reports.
 """
 from __future__ import annotations
 
@@ -36,6 +39,14 @@ import numpy as np
 from scipy import optimize, special, stats
 
 MIN_PAIRS = 3
+MIN_LOGISTIC_PAIRS = 4
+"""The 4-parameter logistic is fitted on at least as many pairs as it has parameters."""
+SMALL_SAMPLE = 30
+"""Fewer images than this behind a figure are marked as a small sample in tables and plots."""
+_SLOPE_WIDTHS = 2.2
+"""The logistic rises from 10 % to 90 % within ±2.2 widths of its midpoint: its slope."""
+_STEP_SHARE = 0.05
+"""A slope narrower than this share of the predictions' range draws as a step."""
 CRITERIA = ("srcc", "krcc", "plcc", "plcc_raw", "rmse")
 _WIDTH_STARTS = (0.5, 1.0, 2.0)
 
@@ -59,7 +70,8 @@ class Correlations:
     ``intervals[c]`` is the bootstrap interval (low, high) of criterion ``c`` at ``confidence``
     over ``n_boot`` resamples (NaN, NaN when ``n_boot`` is 0 or the criterion is NaN). ``fit`` is
     the logistic behind ``plcc`` / ``rmse`` (None when it could not be fitted). ``reason`` is
-    empty when every criterion is defined, else says why some are NaN.
+    empty when every criterion is defined, else says why some are NaN; ``note`` flags a defined
+    but doubtful figure (a step-shaped fit).
     """
 
     n: int
@@ -73,6 +85,7 @@ class Correlations:
     n_boot: int = 0
     confidence: float = 0.95
     reason: str = ""
+    note: str = ""
 
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
@@ -91,6 +104,8 @@ def fit_logistic(
     start converges. ``start`` (β in data units, e.g. a previous fit) replaces the data-driven
     starting points."""
     x, y = np.asarray(predicted, dtype=np.float64), np.asarray(mos, dtype=np.float64)
+    if len(x) < MIN_LOGISTIC_PAIRS:
+        return None
     x_mean, x_std, y_mean, y_std = x.mean(), x.std(), y.mean(), y.std()
     if x_std == 0 or y_std == 0:
         return None
@@ -128,6 +143,19 @@ def fitted_curve(fit: LogisticFit, num: int = 200) -> tuple[np.ndarray, np.ndarr
     return x, fit(x)
 
 
+def is_step(fit: LogisticFit, predicted: np.ndarray) -> bool:
+    """The fitted logistic jumps between predictions lying on both sides of its midpoint, with
+    none on its slope (within ±2.2 widths of the midpoint) or a slope narrower than 5 % of their
+    range: a step, and PLCC / RMSE only say where it falls. (A fit whose midpoint lies outside the
+    predictions is a smooth tail, not a step.)"""
+    _, _, midpoint, width = fit.beta
+    x = np.asarray(predicted, dtype=np.float64)
+    slope = _SLOPE_WIDTHS * abs(width)
+    if not (np.any(x < midpoint) and np.any(x > midpoint)):
+        return False
+    return 2 * slope < _STEP_SHARE * float(np.ptp(x)) or not bool(np.any(np.abs(x - midpoint) <= slope))
+
+
 def correlations(
     predicted: Sequence[float] | np.ndarray,
     mos: Sequence[float] | np.ndarray,
@@ -158,9 +186,13 @@ def correlations(
             len(x), nan, nan, nan, nan, nan, {c: (nan, nan) for c in CRITERIA}, None, int(n_boot), confidence, reason
         )
     point, fit = _criteria(x, y)
-    reason = "" if fit is not None else "the logistic fit did not converge: PLCC and RMSE are undefined"
+    if len(x) < MIN_LOGISTIC_PAIRS:
+        reason = f"the 4-parameter logistic needs at least {MIN_LOGISTIC_PAIRS} pairs (n={len(x)}): PLCC and RMSE are undefined"
+    else:
+        reason = "" if fit is not None else "the logistic fit did not converge: PLCC and RMSE are undefined"
+    note = "the logistic fit is a step (no score lies on its slope): PLCC and RMSE only say where it falls" if fit is not None and is_step(fit, x) else ""
     intervals = _bootstrap(x, y, point, fit, int(n_boot), seed, confidence)
-    return Correlations(len(x), **point, intervals=intervals, fit=fit, n_boot=int(n_boot), confidence=confidence, reason=reason)
+    return Correlations(len(x), **point, intervals=intervals, fit=fit, n_boot=int(n_boot), confidence=confidence, reason=reason, note=note)
 
 
 def _as_vector(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:

@@ -26,22 +26,31 @@ negative-optimisation marks do not depend on this choice (it is increasing in th
 A metric that cannot be created (weights neither cached nor downloadable, package missing)
 raises :class:`MetricUnavailable`, and only that, so a runner can record it per metric.
 Creation never waits long on the network: socket operations time out after
-``NETWORK_TIMEOUT_S`` and ``HF_HUB_OFFLINE=1`` is honoured by the hub-based loaders.
+``NETWORK_TIMEOUT_S``, and when the hub cannot be reached (:func:`grefine.weights.hub_reachable`:
+no network, or ``HF_HUB_OFFLINE=1``) nothing is even tried — no connection, no retry, no
+"Downloading" line — a metric whose weights are not cached fails at once, with one line.
+
+An image a metric cannot score (e.g. smaller than SSIM's 11-pixel window) raises
+:class:`~grefine.errors.NotScoredError` saying so and the smallest size it scores, instead of the
+library's own error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
+import io
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-from grefine.errors import RunInputError
+from grefine.errors import NotScoredError, RunInputError
+from grefine.weights import hub_reachable
 
 #: The 13 indicators of the paper's tables, in column order.
 PAPER_METRICS = (
@@ -49,6 +58,8 @@ PAPER_METRICS = (
     "clipscore", "imagereward", "pickscore", "hpsv2",
 )  # fmt: skip
 NETWORK_TIMEOUT_S = 15.0
+#: Images smaller than this on a side that a metric fails on are probed for the smallest size it scores.
+PROBE_SIDE = 256
 #: CLIPScore's ``w`` (Hessel et al., 2021; pyiqa's ``clipscore``), also applied to PickScore.
 CLIPSCORE_WEIGHT = 2.5
 # Import name → pip requirement, for the hint of MetricUnavailable. pyiqa's CLIP-based metrics
@@ -93,6 +104,7 @@ class Metric:
     needs_prompt: bool
     full_reference: bool
     scorer: Scorer
+    smallest_side: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __call__(
         self,
@@ -101,7 +113,12 @@ class Metric:
         reference: Image.Image | np.ndarray | None = None,
     ) -> float:
         """Score ``image`` (PIL or H×W×3 uint8 array); ``prompt`` / ``reference`` as the
-        metric needs (a ``reference`` must have the image's size)."""
+        metric needs (a ``reference`` must have the image's size).
+
+        Raises:
+            NotScoredError: the image is smaller than the metric can score (the message says
+                the smallest side it scores).
+        """
         if self.needs_prompt and prompt is None:
             raise ValueError(f"metric {self.name!r} needs a prompt")
         if self.full_reference and reference is None:
@@ -110,7 +127,38 @@ class Metric:
         ref = to_tensor(reference) if self.full_reference else None
         if ref is not None and ref.shape != target.shape:
             raise ValueError(f"reference {tuple(ref.shape)} and image {tuple(target.shape)} differ")
-        return float(self.scorer(target, prompt, ref))
+        try:
+            return float(self.scorer(target, prompt, ref))
+        except Exception as err:
+            height, width = target.shape[-2:]
+            smallest = self._smallest_side(min(height, width), prompt)
+            if smallest is None:
+                raise
+            raise NotScoredError(f"the image is {width}x{height} px; {self.name} needs at least {smallest} px on each side") from err
+
+    def _smallest_side(self, side: int, prompt: str | None) -> int | None:
+        """The smallest side (above ``side``, at most :data:`PROBE_SIDE`) of a square image this
+        metric scores, found once by bisection on random images; None when ``side`` is not
+        small or even a :data:`PROBE_SIDE` image fails (then the size was not the problem)."""
+        if side >= PROBE_SIDE:
+            return None
+        if "found" not in self.smallest_side:
+            self.smallest_side["found"] = PROBE_SIDE if self._scores(PROBE_SIDE, prompt) else 0
+        low, high = side, self.smallest_side["found"]
+        if not high or high <= low:
+            return None
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if self._scores(middle, prompt) else (middle, high)
+        self.smallest_side["found"] = high
+        return high
+
+    def _scores(self, side: int, prompt: str | None) -> bool:
+        probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+        try:
+            return bool(np.isfinite(float(self.scorer(probe, prompt or "a photo", probe if self.full_reference else None))))
+        except Exception:
+            return False
 
 
 def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
@@ -164,37 +212,45 @@ def describe_metric(name: str) -> MetricTraits:
     )
 
 
-def create_metric(name: str, device: str | torch.device | None = None, **options) -> Metric:
+def create_metric(name: str, device: str | torch.device | None = None, *, online: bool | None = None, **options) -> Metric:
     """Create the metric ``name`` (see :func:`list_metrics`) on ``device`` (default: CUDA if
     available). ``options`` go to ``pyiqa.create_metric`` for pyiqa metrics, or to the loader
     of ``imagereward`` (``model``), ``pickscore`` (``model``, ``processor``, ``form``) and ``hpsv2``
-    (``checkpoint``: a local file, or ``repo_id:filename`` on the hub).
+    (``checkpoint``: a local file, or ``repo_id:filename`` on the hub). ``online``: whether
+    downloads may be tried (None: :func:`grefine.weights.hub_reachable`); offline, a metric
+    whose weights are not cached fails at once, without a connection or a retry.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
-        MetricUnavailable: the metric exists but cannot be created here.
+        MetricUnavailable: the metric exists but cannot be created here (one line saying why).
     """
     key = _registry_name(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     build = _OWN_METRICS.get(key, _pyiqa_metric)
+    online = hub_reachable() if online is None else online
     try:
-        with _network_timeout(NETWORK_TIMEOUT_S):
+        with _network_timeout(NETWORK_TIMEOUT_S), (contextlib.nullcontext() if online else _offline()):
             return build(key, device, **options)
     except MetricUnavailable:
         raise
     except Exception as error:  # any creation failure means "unavailable here"
-        raise MetricUnavailable(f"metric {key!r} is unavailable: {_explain(error)}") from error
+        raise MetricUnavailable(f"metric {key!r} is unavailable: {_explain(error, online)}") from error
 
 
-def create_metrics(names: Sequence[str], device: str | torch.device | None = None) -> tuple[list[Metric], dict[str, str]]:
+def create_metrics(
+    names: Sequence[str], device: str | torch.device | None = None, *, online: bool | None = None
+) -> tuple[list[Metric], dict[str, str]]:
     """Create the named metrics (:func:`create_metric`); those that cannot be had here (missing
-    weights, offline) are returned with their reason instead of raising, for a runner to record
-    per row. An unknown name still raises; check names first with :func:`check_metric_names`."""
+    weights, offline) are returned with their one-line reason instead of raising, for a runner to
+    record per row. ``online`` (None: :func:`grefine.weights.hub_reachable`, asked once): offline,
+    nothing is downloaded or retried. An unknown name still raises; check names first with
+    :func:`check_metric_names`."""
+    online = hub_reachable() if online is None else online
     metrics: list[Metric] = []
     failures: dict[str, str] = {}
     for name in names:
         try:
-            metrics.append(create_metric(name, device=device))
+            metrics.append(create_metric(name, device=device, online=online))
         except MetricUnavailable as err:
             failures[name] = str(err)
     return metrics, failures
@@ -208,15 +264,40 @@ def _registry_name(name: str) -> str:
     return names[name.lower()]
 
 
-def _explain(error: Exception) -> str:
-    text = f"{type(error).__name__}: {error}"
+def _explain(error: Exception, online: bool = True) -> str:
+    """Why a metric could not be created, on one line."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
     if isinstance(error, ImportError):
         requirement = _PIP_NAMES.get(error.name, error.name)
         return f"{text} (a package is missing: pip install '{requirement}')"
+    if not online:
+        return (
+            "its weights are not in the local cache and the Hugging Face hub cannot be reached, so nothing was downloaded "
+            f"(download them while online, see checkpoints/README.md; {text[:160]})"
+        )
     return (
         f"{text} (its weights are not cached and cannot be downloaded here; download them while "
         "online, see checkpoints/README.md)"
     )
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """No network for the ``with`` block: every connection (and name lookup) fails at once, the
+    hub's loaders run in offline mode (no retries), and pyiqa's "Downloading" lines are dropped."""
+    import huggingface_hub.constants as hub_constants
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "offline: the Hugging Face hub cannot be reached")
+
+    saved = (socket.create_connection, socket.getaddrinfo, socket.socket.connect, hub_constants.HF_HUB_OFFLINE)
+    socket.create_connection, socket.getaddrinfo, socket.socket.connect = refuse, refuse, refuse
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        socket.create_connection, socket.getaddrinfo, socket.socket.connect, hub_constants.HF_HUB_OFFLINE = saved
 
 
 @contextlib.contextmanager

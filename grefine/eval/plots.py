@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from grefine.eval.autoqa import GateSweep
-from grefine.eval.correlation import Correlations, fitted_curve
+from grefine.eval.correlation import SMALL_SAMPLE, Correlations, fitted_curve
 from grefine.image_io import PathLike, save_image_atomic
 
 if TYPE_CHECKING:
@@ -34,8 +34,7 @@ def plot_correlation(
     if result.fit is not None:
         axes.plot(*fitted_curve(result.fit), color="tab:red", linewidth=1.5, label="logistic fit (VQEG)")
         axes.legend(loc="lower right", fontsize=8)
-    summary = f"SRCC {result.srcc:.4f}  PLCC {result.plcc:.4f}  n={result.n}"
-    axes.set_title(f"{title}\n{summary}" if title else summary, fontsize=9)
+    axes.set_title(correlation_title(result, title), fontsize=9)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     _save(figure, path)
@@ -59,10 +58,36 @@ def plot_gate_sweep(sweep: GateSweep, path: PathLike, *, title: str = "") -> Non
     rule = "≤" if sweep.lower_better else "≥"
     axes.set_xlabel(f"pass threshold (score {rule} threshold)")
     axes.set_ylabel("%")
-    line = f"$P_{{Gen}}$ = {sweep.p_gen:.3f}, n = {sweep.n}"
-    axes.set_title(f"{title}\n{line}" if title else line, fontsize=9)
+    axes.set_title(gate_title(sweep, title), fontsize=9)
     axes.legend(fontsize=7, loc="best")
     _save(figure, path)
+
+
+def correlation_title(result: Correlations, title: str = "") -> str:
+    """A scatter plot's title: the figures, the number of images behind them, and a warning for a
+    small sample or a step-shaped fit."""
+    lines = [title] if title else []
+    lines.append(f"SRCC {result.srcc:.4f}  PLCC {result.plcc:.4f}  n = {result.n} images")
+    if 0 < result.n < SMALL_SAMPLE:
+        lines.append(f"small sample (n < {SMALL_SAMPLE}): wide intervals" + ("; the fit is a step" if result.note else ""))
+    elif result.note:
+        lines.append("the logistic fit is a step: PLCC only says where it falls")
+    return "\n".join(lines)
+
+
+def gate_title(sweep: GateSweep, title: str = "") -> str:
+    """A gate plot's title: P_Gen, the images swept, how many pass and fail at the best threshold,
+    and a warning when fewer than :data:`SMALL_SAMPLE` stand behind a figure."""
+    lines = [title] if title else []
+    line = f"$P_{{Gen}}$ = {sweep.p_gen:.3f}, n = {sweep.n} images"
+    best = sweep.best
+    passed = best.n_passed if best is not None else 0
+    if best is not None:
+        line += f"; best: {passed} pass, {sweep.n - passed} fail"
+    lines.append(line)
+    if best is not None and min(passed, sweep.n - passed) < SMALL_SAMPLE:
+        lines.append(f"small sample (< {SMALL_SAMPLE} images pass or fail): not reliable")
+    return "\n".join(lines)
 
 
 def _figure() -> "Figure":

@@ -12,15 +12,20 @@ what each is worth as an automatic QA gate (:mod:`grefine.eval.autoqa`).
   interrupted. It is keyed by image and scorer name only: after changing a scorer's weights or
   config, evaluate into a fresh folder.
 * ``correlations.csv`` / ``correlations.md`` — one row per scorer and MOS column: n, SRCC,
-  PLCC, KRCC, RMSE (and raw PLCC) with bootstrap intervals (:func:`grefine.correlations`).
+  PLCC, KRCC, RMSE (and raw PLCC) with bootstrap intervals (:func:`grefine.correlations`); a
+  row on fewer than :data:`~grefine.eval.correlation.SMALL_SAMPLE` images, or whose logistic fit
+  is a step, says so in its ``note``.
   Perceptual scorers are compared with ``perceptual_mos``, alignment scorers with
   ``alignment_mos`` and combined ones (``pq_aq``) with both. A database with one overall MOS
   (AIGIQA-20K) passes that column as both: the paper's Tables 6 and 7 compare the perceptual
   and the alignment indicators alike with it. Scores of lower-is-better scorers (PIQE, BRISQUE)
   are negated first, so that a good scorer has positive correlations in every row.
-* ``plots/scatter_<scorer>_<mos>.png`` — each score against MOS with its fitted logistic.
+* ``plots/scatter_<scorer>_<mos>.png`` — each score against MOS with its fitted logistic and
+  the number of images behind it.
 * with ``autoqa=True``: ``autoqa.csv`` (every scorer × pass threshold: yield, precision, recall,
-  cost, savings), ``autoqa.md`` (the best threshold per scorer) and
+  cost, savings, images passed and failed; the best row with the savings' bootstrap interval),
+  ``autoqa.md`` (the best threshold per scorer, how many images pass and fail there, the savings
+  with their interval, and a warning when fewer than ``SMALL_SAMPLE`` pass or fail) and
   ``plots/savings_<scorer>.png``. Every scorer, ``pq_aq`` included, is judged by one acceptance:
   an image is accepted by people when its MOS is above ``accept_mos`` on both MOS columns
   (default: each column's median over the records; see :mod:`grefine.eval.autoqa`).
@@ -41,8 +46,8 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from grefine.eval.autoqa import GateSweep, UnitCosts, gate_sweep, people_accept
-from grefine.eval.correlation import CRITERIA, Correlations, correlations
+from grefine.eval.autoqa import GateSweep, UnitCosts, gate_sweep, people_accept, savings_interval
+from grefine.eval.correlation import CRITERIA, SMALL_SAMPLE, Correlations, correlations
 from grefine.eval.plots import plot_correlation, plot_gate_sweep
 from grefine.eval.scorers import Scorer, ScorerSpec, create_scorers, scorer_spec
 from grefine.image_io import ImageLoadError, PathLike, load_image, write_text_atomic
@@ -179,7 +184,7 @@ def evaluate_scores(
     gates = {}
     if autoqa:
         available = [spec for spec in specs if spec.name not in unavailable]
-        gates = _gate_report(records, available, cache, acceptance, accept_mos, costs, output)
+        gates = _gate_report(records, available, cache, acceptance, accept_mos, costs, output, n_boot, seed)
     return ScoreEvaluation(output, scored, failed, unavailable, rows, gates)
 
 
@@ -346,7 +351,9 @@ def _correlation_rows(
             _, values, mos = _paired(records, scores, [column])
             result = correlations(_oriented(spec, values), mos[:, 0], n_boot=n_boot, seed=seed)
             notes = [f"unavailable: {unavailable[spec.name]}" if spec.name in unavailable else result.reason]
-            notes += ["lower is better: negated"] if spec.lower_better else []
+            if 0 < result.n < SMALL_SAMPLE:
+                notes.append(f"small sample (n = {result.n} < {SMALL_SAMPLE}): wide intervals, the logistic fit may be a step")
+            notes += [result.note] + (["lower is better: negated"] if spec.lower_better else [])
             rows.append(CorrelationRow(spec.name, spec.kind, column, result, failed, "; ".join(filter(None, notes))))
     return rows
 
@@ -368,7 +375,8 @@ def _write_correlations(rows: Sequence[CorrelationRow], output: Path, n_boot: in
         "# Correlation of quality scores with human MOS",
         "",
         f"PLCC and RMSE after the VQEG 4-parameter logistic fit; [{confidence:.0%} bootstrap interval, "
-        f"{n_boot} resamples, seed {seed}]. `failed`: images whose score is an error (see scores.csv).",
+        f"{n_boot} resamples, seed {seed}]. `n`: images with a score and a MOS behind the row (fewer than "
+        f"{SMALL_SAMPLE}: marked in the note); `failed`: images whose score is an error (see scores.csv).",
         "",
         "| scorer | kind | MOS | n | SRCC | PLCC | KRCC | RMSE | failed | note |",
         "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: | --- |",
@@ -376,8 +384,13 @@ def _write_correlations(rows: Sequence[CorrelationRow], output: Path, n_boot: in
     for row in rows:
         r = row.result
         cells = [_with_interval(getattr(r, c), r.intervals[c]) for c in ("srcc", "plcc", "krcc", "rmse")]
-        lines.append(f"| {row.scorer} | {row.kind} | {row.mos} | {r.n} | {' | '.join(cells)} | {row.failed} | {row.note} |")
+        lines.append(f"| {_cell(row.scorer)} | {row.kind} | {_cell(row.mos)} | {r.n} | {' | '.join(cells)} | {row.failed} | {_cell(row.note)} |")
     write_text_atomic("\n".join(lines) + "\n", output / "correlations.md")
+
+
+def _cell(text: str) -> str:
+    """Free text as one Markdown table cell: whitespace (newlines) collapsed, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def _with_interval(value: float, interval: tuple[float, float]) -> str:
@@ -408,42 +421,55 @@ def _gate_report(
     accept_mos: Optional[float],
     costs: UnitCosts,
     output: Path,
+    n_boot: int,
+    seed: int,
 ) -> dict[str, GateSweep]:
-    """Sweep every scorer as a gate against one acceptance (levels fixed over all records)."""
+    """Sweep every scorer as a gate against one acceptance (levels fixed over all records); the
+    savings at each best threshold get a bootstrap interval over the images."""
     all_mos = np.asarray([[float(r.mos[c]) for c in columns] for r in records], dtype=np.float64)
     finite = np.all(np.isfinite(all_mos), axis=1)
     _, levels = people_accept(all_mos[finite], accept_mos)
     gates: dict[str, GateSweep] = {}
+    intervals: dict[str, tuple[float, float]] = {}
     problems: dict[str, str] = {}
     for spec in specs:
         _, values, mos = _paired(records, cache.scores(spec.name), columns)
         try:
-            gates[spec.name] = gate_sweep(values, mos, accept_mos=levels, costs=costs, lower_better=spec.lower_better)
+            gates[spec.name] = gate = gate_sweep(values, mos, accept_mos=levels, costs=costs, lower_better=spec.lower_better)
         except ValueError as err:
             problems[spec.name] = str(err)
             continue
-        plot_gate_sweep(gates[spec.name], output / "plots" / f"savings_{spec.name}.png", title=f"AutoQA gate on {spec.name}")
-    _write_gate_report(gates, problems, columns, levels, accept_mos is None, costs, output)
+        if gate.best is not None:
+            intervals[spec.name] = savings_interval(
+                values, mos, gate.best.threshold, accept_mos=levels, costs=costs, lower_better=spec.lower_better, n_boot=n_boot, seed=seed
+            )
+        plot_gate_sweep(gate, output / "plots" / f"savings_{spec.name}.png", title=f"AutoQA gate on {spec.name}")
+    _write_gate_report(gates, intervals, problems, columns, levels, accept_mos is None, costs, output, n_boot)
     return gates
 
 
 def _write_gate_report(
     gates: Mapping[str, GateSweep],
+    intervals: Mapping[str, tuple[float, float]],
     problems: Mapping[str, str],
     columns: Sequence[str],
     levels: Sequence[float],
     median: bool,
     costs: UnitCosts,
     output: Path,
+    n_boot: int,
 ) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["scorer", "threshold", "n_passed", "y_aqa", "p_aqa", "recall", "cost_with", "cost_without", "savings", "best"])
+    writer.writerow(
+        ["scorer", "threshold", "n_passed", "y_aqa", "p_aqa", "recall", "cost_with", "cost_without", "savings", "best", "n_failed", "savings_low", "savings_high"]
+    )
     for name, sweep in gates.items():
         best = sweep.best
         for point in sweep.points:
             values = [point.threshold, point.n_passed, point.y_aqa, point.p_aqa, point.recall, point.cost.cost_with, point.cost.cost_without, point.savings]
-            writer.writerow([name] + [f"{v:.6g}" for v in values] + [int(point is best)])
+            interval = [f"{v:.6g}" for v in intervals.get(name, ("", ""))] if point is best and name in intervals else ["", ""]
+            writer.writerow([name] + [f"{v:.6g}" for v in values] + [int(point is best), sweep.n - point.n_passed] + interval)
     write_text_atomic(buffer.getvalue(), output / "autoqa.csv")
 
     accepted = " and ".join(f"{c} > {level:.4g}" for c, level in zip(columns, levels))
@@ -454,6 +480,9 @@ def _write_gate_report(
         f"People accept an image when {accepted}" + (" (the median of each column)." if median else "."),
         f"Unit costs: c_Gen = {costs.c_gen:g}, c_AQA = {costs.c_aqa:g}, c_MQA = {costs.c_mqa:g}. A gate passes an image "
         "when its score ≥ the threshold (≤ for lower-is-better scorers); the best threshold saves the most per accepted image.",
+        f"`passed / failed`: the images the best threshold passes and fails, behind its figures; the savings' interval is a "
+        f"95% bootstrap over the images ({n_boot} resamples) at that threshold — optimistic, since the threshold was chosen on "
+        f"the same images. Fewer than {SMALL_SAMPLE} images passing or failing are marked: such figures are not reliable.",
     ]
     if first is not None:
         lines.append(
@@ -462,19 +491,28 @@ def _write_gate_report(
         )
     lines += [
         "",
-        "| scorer | n | best threshold | y_AQA | P_AQA | recall | cost / accepted | savings | generated / reviewed per 100 accepted |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| scorer | n | passed / failed | best threshold | y_AQA | P_AQA | recall | cost / accepted | savings [95% interval] | generated / reviewed per 100 accepted | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for name, sweep in gates.items():
         best = sweep.best
         if best is None:
-            lines.append(f"| {name} | {sweep.n} | — | — | — | — | — | — | no threshold passes an acceptable image |")
+            lines.append(f"| {_cell(name)} | {sweep.n} | — | — | — | — | — | — | — | — | no threshold passes an acceptable image |")
             continue
         volumes = best.cost.with_autoqa
+        failed = sweep.n - best.n_passed
+        low, high = intervals.get(name, (math.nan, math.nan))
+        interval = f" [{_percent(low)}, {_percent(high)}]" if math.isfinite(high) else ""
+        note = f"few images: {best.n_passed} pass, {failed} fail (< {SMALL_SAMPLE}): not reliable" if min(best.n_passed, failed) < SMALL_SAMPLE else ""
         lines.append(
-            f"| {name} | {sweep.n} | {best.threshold:.4g} | {best.y_aqa:.3f} | {best.p_aqa:.3f} | {best.recall:.3f} | "
-            f"{best.cost.cost_with:.4f} | {best.savings:.1%} | {volumes.generated:.0f} / {volumes.reviewed:.0f} |"
+            f"| {_cell(name)} | {sweep.n} | {best.n_passed} / {failed} | {best.threshold:.4g} | {best.y_aqa:.3f} | {best.p_aqa:.3f} | "
+            f"{best.recall:.3f} | {best.cost.cost_with:.4f} | {_percent(best.savings)}{interval} | "
+            f"{volumes.generated:.0f} / {volumes.reviewed:.0f} | {note} |"
         )
     for name, problem in problems.items():
-        lines.append(f"| {name} | — | — | — | — | — | — | — | {problem} |")
+        lines.append(f"| {_cell(name)} | — | — | — | — | — | — | — | — | — | {_cell(problem)} |")
     write_text_atomic("\n".join(lines) + "\n", output / "autoqa.md")
+
+
+def _percent(value: float) -> str:
+    return "−∞" if value == -math.inf else f"{value:.1%}"

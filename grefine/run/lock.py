@@ -3,8 +3,10 @@
 ``<folder>/.grefine.lock`` is created exclusively and records the owner: host, process id and
 the process's start time (so a reused process id is not mistaken for the owner). While the
 owner lives a second run is refused with a :class:`~grefine.errors.RunInputError`; a lock whose
-process is gone on this host (a killed run) is stale and taken over. A lock made on another host
-cannot be checked from here and is reported with the command to remove it.
+process is gone on this host (a killed run) is stale and taken over, and so is an unreadable one
+older than :data:`UNREADABLE_GRACE_S` (a run that died while writing it). A lock that cannot be
+written (a full disk) is removed again and the run refused. A lock made on another host cannot be
+checked from here and is reported with the command to remove it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from typing import Optional
 from grefine.errors import RunInputError
 
 LOCK_NAME = ".grefine.lock"
-
+UNREADABLE_GRACE_S = 10.0
+"""An unreadable lock younger than this may be one another run is writing right now."""
 
 
 class OutputLock:
@@ -44,7 +47,7 @@ class OutputLock:
                 self.held = True
                 return
             owner = self._owner()
-            if owner is None or not _is_stale(owner):
+            if not (self._unreadable_and_old() if owner is None else _is_stale(owner)):
                 break
             self.path.unlink(missing_ok=True)
         who = "an unreadable lock" if owner is None else f"process {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}"
@@ -59,14 +62,38 @@ class OutputLock:
             self.held = False
 
     def _create(self) -> bool:
+        """Create the lock with its record in one write; a lock that cannot be written whole (a
+        full disk) is removed again and the run refused."""
         record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid()), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        data = json.dumps(record).encode("utf-8")
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
+        except OSError as err:
+            raise self._cannot_write(err) from err
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, os.strerror(28))  # a short write: the disk is full
+        except OSError as err:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise self._cannot_write(err) from err
+        os.close(fd)
         return True
+
+    def _cannot_write(self, err: OSError) -> RunInputError:
+        return RunInputError(
+            f"--output {self.path.parent}: cannot write the lock {LOCK_NAME} there ({err.strerror or err}); "
+            "free some space or choose another output folder. Nothing was written."
+        )
+
+    def _unreadable_and_old(self) -> bool:
+        try:
+            return time.time() - self.path.stat().st_mtime > UNREADABLE_GRACE_S
+        except FileNotFoundError:
+            return True
 
     def _owner(self) -> Optional[dict]:
         try:

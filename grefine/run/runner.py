@@ -16,9 +16,10 @@ source that builds :class:`~grefine.run.sources.WorkItem` objects. Whatever the 
   given, rows of a killed multi-process run's part files); one bad item (unreadable, above
   ``max_pixels``, no prompt, a failure inside a model) becomes a row with its ``error`` and the
   run goes on;
-* writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
-  copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
-  ``<name>.png``); the maps a result has (G-Refine's; a baseline has none) go to
+* writes faithful outputs (:func:`finish_item`): the input's format, form (bit depth, grayscale,
+  transparency; :mod:`grefine.run.faithful`) and metadata, a byte-for-byte copy when the refiner
+  changed no pixel, or PNG (``output_format="png"``, written as ``<name>.png``); what cannot be
+  kept is said in the row's ``note``; the maps a result has (G-Refine's; a baseline has none) go to
   ``maps/<name>.<kind>.png``, so no two items can collide;
 * works at a bounded size: images above ``max_pixels`` are refused from their header, and the
   metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
@@ -26,10 +27,15 @@ source that builds :class:`~grefine.run.sources.WorkItem` objects. Whatever the 
   written and scored behind it in worker threads, with the same ``results.csv`` and files as a
   run that does each step in turn (``prefetch=0``);
 * splits the items round-robin over processes (:class:`Processes`, e.g. ``accelerate launch`` or
-  ``torchrun``): each writes ``results.part<i>.csv`` and the main process merges them.
+  ``torchrun``): each writes ``results.part<i>.csv`` and the main process merges them;
+* loads nothing when resuming a run with nothing left to do, removes the temporary files a killed
+  run left, sends the libraries' messages (while the models load and run) to ``grefine.log``
+  (:mod:`grefine.run.library_log`), and on Ctrl-C raises :class:`~grefine.errors.RunInterrupted`
+  once what was refined is written.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -46,21 +52,26 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from grefine.errors import RunInputError, printable
+from grefine.errors import NotScoredError, RunInputError, RunInterrupted, printable
 from grefine.image_io import (
     copy_file_atomic,
     fit_long_side,
     heatmap_overlay,
     load_image,
     map_to_image,
+    remove_temporary_files,
     save_image_atomic,
     write_text_atomic,
 )
+from grefine.run.faithful import save_faithful
+from grefine.run.library_log import library_messages
 from grefine.run.lock import LOCK_NAME, OutputLock
 from grefine.run.sources import WorkItem, scan_folder
 
 RunMode = Literal["new", "resume", "overwrite"]
 RESULTS_NAME = "results.csv"
+LOG_NAME = "grefine.log"
+"""The libraries' messages during a run (written only when there were some)."""
 _MAPS: dict[str, tuple[str, Callable[[Any, Image.Image], Image.Image]]] = {
     "pq": ("pq", lambda pq, original: map_to_image(pq.map)),
     "aq_defect": ("aq", lambda aq, original: map_to_image(aq.defect_map)),
@@ -148,12 +159,14 @@ class Processes:
 
 @dataclass
 class RunSummary:
-    """What a run did (names as in ``results.csv``), over all its processes."""
+    """What a run did (names as in ``results.csv``), over all its processes; ``log``: the file
+    the libraries' messages went to during the run (None: there were none)."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     results_csv: Optional[Path] = None
+    log: Optional[Path] = None
 
     def merged(self, others: Iterable["RunSummary"]) -> "RunSummary":
         """This summary with the others' items added (the processes of one run)."""
@@ -245,7 +258,7 @@ def _check_names(items: Sequence[WorkItem]) -> None:
     for item in items:
         name = printable(item.name)
         parts = PurePosixPath(item.name).parts
-        if not item.name or PurePosixPath(item.name).is_absolute() or ".." in parts or name in (RESULTS_NAME, LOCK_NAME):
+        if not item.name or PurePosixPath(item.name).is_absolute() or ".." in parts or name in (RESULTS_NAME, LOCK_NAME, LOG_NAME):
             raise RunInputError(f"work item {name!r} ({item.image}): a name must be a relative path inside the output folder, without '..'.")
         if name in seen:
             raise RunInputError(f"two work items are named {name!r} ({seen[name]} and {item.image}); names must be unique.")
@@ -279,7 +292,7 @@ def _check_outputs(plan: RunPlan, protected: Sequence[Path]) -> list[Path]:
         except OSError:
             pass  # a missing input becomes that item's failed row
     owners: dict[Path, str] = {}
-    extra = [plan.results_csv, plan.output_dir / LOCK_NAME]
+    extra = [plan.results_csv, plan.output_dir / LOCK_NAME, plan.output_dir / LOG_NAME]
     for item in plan.items:
         for path in plan.outputs(item):
             if path in owners:
@@ -427,8 +440,10 @@ def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference
     for metric in metrics:
         try:
             row[f"{metric.name}_{suffix}"] = float(metric(image, prompt=prompt, reference=reference))
+        except NotScoredError as err:  # a reason, not a failure (e.g. an image below the metric's window)
+            errors.append(f"{metric.name}/{suffix}: not scored: {err}")
         except Exception as err:  # one failing metric must not lose the image
-            errors.append(f"{metric.name}/{suffix}: {type(err).__name__}: {err}")
+            errors.append(f"{metric.name}/{suffix}: {type(err).__name__}: {' '.join(str(err).split())}")
 
 
 def _same_format(source: Path, target: Path) -> bool:
@@ -467,8 +482,9 @@ def refine_item(refiner: Refiner, decoded: _Refined, seed: Optional[int] = 0) ->
 def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = (), metric_resolution: Optional[int] = None) -> dict[str, object]:
     """Phase 3: write the refined image and its maps, score before and after, return the row.
 
-    The refined image keeps the input's format and metadata (:func:`grefine.image_io.save_image_atomic`);
-    when the refiner changed no pixel and the format is kept, the input file is copied byte for byte.
+    The refined image keeps the input's format, form and metadata (:func:`grefine.run.faithful.save_faithful`;
+    what it cannot keep goes into the row's ``note``); when the refiner changed no pixel and the
+    format is kept, the input file is copied byte for byte.
     Of the maps (:data:`MAP_KINDS`), those the result has are written.
     Metrics score the original and the refined image downscaled alike to ``metric_resolution``
     (long side; None: full size), so that their cost does not grow with the image.
@@ -478,15 +494,17 @@ def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = ()
     item, original, result = refined.item, refined.original, refined.result
     image = result.image
     target = plan.output_path(item)
+    kept = ""
     if _same_format(item.image, target) and image.size == original.size and np.array_equal(np.asarray(image), np.asarray(original)):
         copy_file_atomic(item.image, target)
     else:
-        save_image_atomic(image, target, reference=item.image)
+        kept = save_faithful(image, original, item.image, target)
     for kind, (attribute, draw) in _MAPS.items():
         source = getattr(result, attribute, None)
         if source is not None:  # a result without maps (a baseline) writes none
             save_image_atomic(draw(source, original), plan.map_path(item, kind))
     row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
+    row["note"] = "; ".join(filter(None, [str(row.get("note") or ""), kept]))
     errors: list[str] = []
     original, image = fit_long_side(original, metric_resolution), fit_long_side(image, metric_resolution)
     _score(metrics, original, item.prompt, original, "before", row, errors)
@@ -616,7 +634,10 @@ def execute(plan: RunPlan, models: Models, *, metric_names: Sequence[str] = (), 
         summary=summary,
         process=None if single else processes.index,
     )
-    _refine_all(mine, models, recorder, options)
+    try:
+        _refine_all(mine, models, recorder, options)
+    except KeyboardInterrupt:  # what was refined is written: say so, once
+        raise RunInterrupted(summary, plan.output_dir) from None
     if single:
         return summary
     processes.barrier()
@@ -640,11 +661,13 @@ def run_items(
     """Refine work items into ``output_dir``: the runner's public entry point.
 
     In order: :func:`plan_run` checks the run (every process); the main process takes the
-    :class:`OutputLock` (a refusal reaches every process); ``load()`` builds the models (only
-    now: a refused run loads nothing); :func:`execute` refines this process's share (decoding
-    ahead and writing behind the refiner, :class:`RunOptions`) and the main process merges
-    ``results.csv``; the lock is released, also on errors. Exit status of a command built on it:
-    ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
+    :class:`OutputLock` (a refusal reaches every process) and removes the temporary files a killed
+    run left; a resumed run with every item done returns at once (nothing loads); ``load()``
+    builds the models (only now: a refused run loads nothing); :func:`execute` refines this process's share (decoding ahead and writing behind the refiner,
+    :class:`RunOptions`) and the main process merges ``results.csv`` — the libraries' messages meanwhile
+    going to ``grefine.log`` (:func:`~grefine.run.library_log.library_messages`, named in
+    ``summary.log``); the lock is released, also on errors. Exit status of a command built on it: ``summary.exit_code`` (0 or 1), 2 for a
+    :class:`~grefine.errors.RunInputError`; Ctrl-C raises :class:`~grefine.errors.RunInterrupted`.
 
     Args:
         items: the work items (unique names), from :func:`grefine.run.sources.scan_folder` or any source.
@@ -657,6 +680,7 @@ def run_items(
         options: seed, size bounds, prefetch and progress bar (:class:`RunOptions`).
         processes: this process among the run's processes (default: one).
     """
+    created = not Path(output_dir).exists()
     plan = plan_run(items, output_dir, mode=mode, output_format=output_format, protected=protected)
     lock = OutputLock(plan.output_dir)
     refusal = None
@@ -665,13 +689,29 @@ def run_items(
             lock.acquire()
         except RunInputError as err:
             refusal = str(err)
+            if created:  # a refused run leaves nothing behind (e.g. a disk too full for the lock)
+                with contextlib.suppress(OSError):
+                    plan.output_dir.rmdir()
     refusal = processes.share(refusal)
     if refusal:
         raise RunInputError(refusal)
     try:
-        return execute(plan, load(), metric_names=metric_names, options=options, processes=processes)
+        if processes.index == 0:
+            remove_temporary_files(plan.output_dir)
+        if plan.mode == "resume" and processes.share(_left_to_do(plan) if processes.index == 0 else None) == 0:
+            return RunSummary(skipped=[printable(item.name) for item in plan.items], results_csv=plan.results_csv)
+        with library_messages(plan.output_dir / LOG_NAME) as messages:
+            summary = execute(plan, load(), metric_names=metric_names, options=options, processes=processes)
+        summary.log = messages.path
+        return summary
     finally:
         lock.release()
+
+
+def _left_to_do(plan: RunPlan) -> int:
+    """How many items of a resumed run lack a successful row or their output."""
+    previous = _previous_rows(plan.output_dir)
+    return sum(not _is_done(previous.get(printable(item.name)), plan.output_path(item)) for item in plan.items)
 
 
 def run_folder(
