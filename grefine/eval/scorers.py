@@ -38,6 +38,7 @@ from grefine.maps.aq_map import AQMap
 from grefine.maps.clip_surgery import TowerPasses
 from grefine.maps.pq_map import PQMap
 from grefine.pipeline import build_maps, resolve_device, resolve_dtype
+from grefine.weights import hub_reachable
 
 ScorerKind = Literal["perceptual", "alignment", "combined"]
 
@@ -182,11 +183,12 @@ def create_scorers(
             maps = build_maps(config, map_device, resolve_dtype(config.dtype, map_device))
         scorers.append(MapScorer(*maps, map_names))
     failures: dict[str, str] = {}
+    online = hub_reachable()  # asked once: offline, no metric tries a download
     for spec in specs:
         if spec.name in MAP_SCORERS:
             continue
         try:
-            metric = create_metric(spec.name, device=device, **(metric_options or {}).get(spec.name, {}))
+            metric = create_metric(spec.name, device=device, online=online, **(metric_options or {}).get(spec.name, {}))
         except MetricUnavailable as err:
             failures[spec.name] = str(err)
             continue
