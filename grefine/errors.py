@@ -45,6 +45,13 @@ class RunInterrupted(KeyboardInterrupt):
         self.output = output
 
 
+def interruption_text(stop: RunInterrupted) -> str:
+    """The one line of a run stopped by Ctrl-C: what was kept, and that ``--resume`` continues."""
+    done, output = len(stop.summary.done), printable(str(stop.output))
+    kept = f"{done} image(s) refined and kept in {output} (their rows are in results.csv)" if done else f"no image finished yet in {output}"
+    return f"interrupted: {kept}; run the same command with --resume to continue."
+
+
 def refusal_text(err: BaseException) -> str:
     """The text of a refusal for stderr: one line (whitespace collapsed), or for a
     :class:`MissingItemsError` its head line, one line per missing item and its last line."""

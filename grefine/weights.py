@@ -42,8 +42,8 @@ class WeightSource:
     def missing_line(self) -> str:
         """One line of the pre-flight message: this source, its config key and where it comes from."""
         if self.origin and _looks_local(self.source):
-            files = f" (with {', '.join(self.files)})" if self.files else ""
-            return f"  - {self.what}: '{self.source}' (config key {self.config_key}) is missing{files}; it comes from {self.origin}"
+            files = f" (the files {', '.join(self.files)})" if self.files else ""
+            return f"  - {self.what}: '{self.source}'{files} (config key {self.config_key}) is missing; it comes from {self.origin}"
         return f"  - {self.what}: '{self.source}' (config key {self.config_key}), from {HUB}: not in its local cache"
 
 
@@ -171,13 +171,9 @@ def check_weights(config: GRefineConfig, online: Optional[bool] = None, *, maps_
     with PQ-Map and AQ-Map without refining them. The message suggests the smoke configuration
     only to a config that needs weights."""
     needed = map_weights(config) if maps_only else required_weights(config)
-    require_weights(
-        needed,
-        f"config {config.source}",
-        online=online,
-        other_missing=[] if config.ablation.drop_aq_map else _nltk_missing(),
-        hint="For a smoke test without weights use configs/tiny-random.yaml." if needed else "",
-    )
+    nltk = [] if config.ablation.drop_aq_map else _nltk_missing()
+    smoke = "For a smoke test without weights use configs/tiny-random.yaml" + (" (it needs the NLTK data too)." if nltk else ".")
+    require_weights(needed, f"config {config.source}", online=online, other_missing=nltk, hint=smoke if needed else "")
 
 
 def require_weights(

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
-from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, printable, refusal_text  # noqa: E402
+from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, interruption_text, printable, refusal_text  # noqa: E402
 from grefine.bench.benchmark import benchmark_folder, run_benchmark  # noqa: E402
 from grefine.data.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
 from grefine.bench.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
@@ -155,11 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             report=lambda line: print(f"benchmark: {line}", file=sys.stderr),
         )
     except RunInterrupted as stop:
-        print(f"benchmark: interrupted: {len(stop.summary.done)} image(s) refined and kept in {printable(str(stop.output))} "
-              f"(their rows are in results.csv); run the same command with --resume to continue.", file=sys.stderr)
+        print(f"benchmark: {interruption_text(stop)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("benchmark: interrupted before any image was refined; nothing new was written.", file=sys.stderr)
+        print("benchmark: interrupted before any image was refined.", file=sys.stderr)
         return 130
     except (ConfigError, DatabaseError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
         print(f"benchmark: {refusal_text(err)}", file=sys.stderr)

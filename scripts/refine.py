@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
-from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, printable, refusal_text  # noqa: E402
+from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, interruption_text, printable, refusal_text  # noqa: E402
 from grefine.run.runner import Models, Processes, RunOptions, RunSummary, run_items  # noqa: E402
 from grefine.run.sources import check_encoding, scan_folder  # noqa: E402
 from grefine.weights import WeightsUnavailableError, check_weights  # noqa: E402
@@ -137,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             processes=Processes.from_accelerate(state),
         )
     except RunInterrupted as stop:
-        print(f"grefine: interrupted: {len(stop.summary.done)} image(s) refined and kept in {printable(str(stop.output))} "
-              f"(their rows are in results.csv); run the same command with --resume to continue.", file=sys.stderr)
+        print(f"grefine: {interruption_text(stop)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("grefine: interrupted before any image was refined; nothing new was written.", file=sys.stderr)
+        print("grefine: interrupted before any image was refined.", file=sys.stderr)
         return 130
     except (ConfigError, RunInputError, WeightsUnavailableError, MissingWeightsError) as err:
         print(f"grefine: {refusal_text(err)}", file=sys.stderr)
