@@ -41,10 +41,11 @@ class WeightSource:
 
     def missing_line(self) -> str:
         """One line of the pre-flight message: this source, its config key and where it comes from."""
+        key = f"option {self.config_key}" if self.config_key.startswith("--") else f"config key {self.config_key}"
         if self.origin and _looks_local(self.source):
             files = f" (the files {', '.join(self.files)})" if self.files else ""
-            return f"  - {self.what}: '{self.source}'{files} (config key {self.config_key}) is missing; it comes from {self.origin}"
-        return f"  - {self.what}: '{self.source}' (config key {self.config_key}), from {HUB}: not in its local cache"
+            return f"  - {self.what}: '{self.source}'{files} ({key}) is missing; it comes from {self.origin}"
+        return f"  - {self.what}: '{self.source}' ({key}), from {HUB}: not in its local cache"
 
 
 def _looks_local(source: str) -> bool:
@@ -96,6 +97,19 @@ def _open_clip_repo(model_name: str, pretrained: Optional[str]) -> Optional[str]
     return hub.strip("/") or None
 
 
+def clip_source(what: str, model_name: str, pretrained: Optional[str], key: str) -> list[WeightSource]:
+    """Where open_clip's ``model_name`` / ``pretrained`` weights come from (a hub repository or a
+    local file), as a list of one :class:`WeightSource` (none when there is nothing to check)."""
+    repo = _open_clip_repo(model_name, pretrained)
+    return [] if repo is None else [WeightSource(f"{what} {model_name}/{pretrained}", repo, key)]
+
+
+def pq_embeddings_source(folder: str, key: str) -> WeightSource:
+    """The folder of the four official PQ-Map quality embeddings (``PQ-<factor>.pth``)."""
+    files = tuple(f"PQ-{f}.pth" for f in ("overall", "technical", "rational", "natural"))
+    return WeightSource("PQ-Map quality embeddings", folder, key, files, PQ_EMBEDDINGS_ORIGIN)
+
+
 def map_weights(config: GRefineConfig) -> list[WeightSource]:
     """What the map sections (``pq_map``, ``aq_map``) load: their CLIP (one when both use the
     same weights) and PQ-Map's quality embeddings — all that :func:`grefine.pipeline.build_maps`
@@ -109,16 +123,11 @@ def map_weights(config: GRefineConfig) -> list[WeightSource]:
     if shared:
         clip_sections = [("PQ-Map and AQ-Map CLIP", "pq_map", config.pq_map)]
     for what, key, section in clip_sections:
-        if section.tiny_random:
-            continue
-        repo = _open_clip_repo(section.model_name, section.pretrained)
-        if repo is None:
-            continue
-        needed.append(WeightSource(f"{what} {section.model_name}/{section.pretrained}", repo, f"{key}.pretrained"))
+        if not section.tiny_random:
+            needed += clip_source(what, section.model_name, section.pretrained, f"{key}.pretrained")
     pq = config.pq_map
     if not pq.tiny_random and pq.embeddings:
-        files = tuple(f"PQ-{f}.pth" for f in ("overall", "technical", "rational", "natural"))
-        needed.append(WeightSource("PQ-Map quality embeddings", pq.embeddings, "pq_map.embeddings", files, PQ_EMBEDDINGS_ORIGIN))
+        needed.append(pq_embeddings_source(pq.embeddings, "pq_map.embeddings"))
     return needed
 
 
@@ -137,7 +146,7 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     return list({(w.source, w.files): w for w in needed}.values())
 
 
-def _nltk_missing() -> list[str]:
+def missing_nltk_data() -> list[str]:
     """A line per NLTK data package AQ-Map needs (POS tagger, stop words) that neither loads nor
     downloads, saying where it comes from and how to get it."""
     from grefine.maps.syntax_tree import (
@@ -171,7 +180,7 @@ def check_weights(config: GRefineConfig, online: Optional[bool] = None, *, maps_
     with PQ-Map and AQ-Map without refining them. The message suggests the smoke configuration
     only to a config that needs weights."""
     needed = map_weights(config) if maps_only else required_weights(config)
-    nltk = [] if config.ablation.drop_aq_map else _nltk_missing()
+    nltk = [] if config.ablation.drop_aq_map else missing_nltk_data()
     smoke = "For a smoke test without weights use configs/tiny-random.yaml" + (" (it needs the NLTK data too)." if nltk else ".")
     require_weights(needed, f"config {config.source}", online=online, other_missing=nltk, hint=smoke if needed else "")
 

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grefine.config import AQMapConfig, ConfigError, check_value  # noqa: E402
-from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
+from grefine.errors import MissingWeightsError, RunInputError, printable, refusal_text  # noqa: E402
 from grefine.image_io import (  # noqa: E402
     ImageLoadError,
     heatmap_overlay,
@@ -44,6 +44,7 @@ from grefine.image_io import (  # noqa: E402
 from grefine.maps.aq_map import AQMap, AQMapResult  # noqa: E402
 from grefine.maps.syntax_tree import EmptyPromptError, add_nltk_data_dir  # noqa: E402
 from grefine.run.sources import WorkItem, check_encoding, scan_folder  # noqa: E402
+from grefine.weights import WeightsUnavailableError, clip_source, missing_nltk_data, require_weights  # noqa: E402
 
 SUMMARY_COLUMNS = ("name", "score", "prompt_score", "defects", "emphasized_prompt", "error")
 
@@ -121,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             raise RunInputError(f"--output {args.output} is the input folder; choose another folder.")
         if args.nltk_data is not None:
             add_nltk_data_dir(args.nltk_data)
+        require_weights(clip_source("AQ-Map CLIP", args.model, args.pretrained, "--pretrained"), "aq_map", other_missing=missing_nltk_data())
         aq_map = AQMap.from_pretrained(args.model, args.pretrained, device=args.device, **options)
-    except (ConfigError, RunInputError, MissingWeightsError) as err:
-        print(f"aq_map: {printable(' '.join(str(err).split()))}", file=sys.stderr)
+    except (ConfigError, RunInputError, MissingWeightsError, WeightsUnavailableError) as err:
+        print(f"aq_map: {refusal_text(err)}", file=sys.stderr)
         return 2
     if scan.unused_prompts:
         print(f"aq_map: {len(scan.unused_prompts)} prompt(s) in {args.prompts} match no image (e.g. {printable(scan.unused_prompts[0])})", file=sys.stderr)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from grefine.errors import MissingWeightsError, RunInputError  # noqa: E402
+from grefine.errors import MissingWeightsError, RunInputError, refusal_text  # noqa: E402
 from grefine.image_io import (  # noqa: E402
     IMAGE_SUFFIXES,
     heatmap_overlay,
@@ -31,6 +31,7 @@ from grefine.image_io import (  # noqa: E402
 )
 from grefine.maps.pq_map import QUALITY_FACTORS, PQMap, QualityEmbeddingError  # noqa: E402
 from grefine.run.sources import list_images  # noqa: E402
+from grefine.weights import WeightsUnavailableError, clip_source, pq_embeddings_source, require_weights  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--tiny-random", action="store_true", help="a tiny random CLIP (smoke test only; outputs are noise)")
     return parser.parse_args(argv)
+
+
+def check_weights(args: argparse.Namespace) -> None:
+    """The pre-flight: the CLIP and the embeddings are local, cached or downloadable (else one
+    message, one line per missing item)."""
+    if args.tiny_random:
+        return
+    needed = clip_source("PQ-Map CLIP", args.model, args.pretrained, "--pretrained")
+    if args.embeddings.lower() != "none":
+        needed.append(pq_embeddings_source(args.embeddings, "--embeddings"))
+    require_weights(needed, "pq_map", hint="For a smoke test without weights add --tiny-random.")
 
 
 def build(args: argparse.Namespace) -> PQMap:
@@ -71,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pq_map: {err}", file=sys.stderr)
             return 2
     try:
+        check_weights(args)
         pq_map = build(args)
-    except (MissingWeightsError, QualityEmbeddingError, ValueError) as err:
-        print(f"pq_map: {err}", file=sys.stderr)
+    except (MissingWeightsError, WeightsUnavailableError, QualityEmbeddingError, ValueError) as err:
+        print(f"pq_map: {refusal_text(err)}", file=sys.stderr)
         return 2
     rows: list[dict[str, object]] = []
     for start in tqdm(range(0, len(paths), args.batch_size), desc="PQ-Map", unit="batch"):

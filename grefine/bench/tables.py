@@ -408,7 +408,7 @@ def write_chart(table: DatabaseTable, path: Path) -> None:
         axes.bar(positions, [0.0 if c is None else c for c in changes], width, label=method)
     axes.axhline(0.0, color="black", linewidth=0.8)
     if table.metrics and len(table.empty) == len(table.metrics):
-        axes.text(0.5, 0.5, "no metric has a value: see tables.md", transform=axes.transAxes, ha="center", va="center", color="tab:red")
+        axes.text(0.5, 0.75, "no metric has a value: see tables.md", transform=axes.transAxes, ha="center", va="center", color="tab:red", bbox={"facecolor": "white", "edgecolor": "none"})
     axes.set_xticks(range(len(table.metrics)), [_header(table, m) for m in table.metrics], rotation=45, ha="right")
     axes.set_ylabel("change after refinement (%), up = better")
     axes.set_title(table.title)

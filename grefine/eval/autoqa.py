@@ -232,8 +232,8 @@ def savings_interval(
     """Percentile bootstrap interval of the savings of the gate ``score ≥ threshold`` (``≤`` when
     ``lower_better``): the images are resampled with replacement and ``P_Gen``, ``y_AQA`` and
     ``P_AQA`` measured again on each resample at the same threshold and acceptance levels. A
-    resample where no image passes or none is acceptable is left out; one where no passed image
-    is acceptable saves −∞. (NaN, NaN) when ``n_boot`` is 0 or no resample is usable. The best
+    resample where no image is acceptable is left out; one where no image passes, or no passed
+    image is acceptable, saves −∞ (the gate would never deliver an accepted image). (NaN, NaN) when ``n_boot`` is 0 or no resample is usable. The best
     threshold of a sweep was chosen on these images, so its interval is optimistic."""
     score = np.asarray(scores, dtype=np.float64)
     accepted, _ = people_accept(mos, accept_mos)
@@ -243,10 +243,10 @@ def savings_interval(
     for _ in range(n_boot):
         index = rng.integers(0, len(score), len(score))
         n_passed, n_accepted = int(passed[index].sum()), int(accepted[index].sum())
-        if n_passed == 0 or n_accepted == 0:
+        if n_accepted == 0:
             continue
         hits = int((passed & accepted)[index].sum())
-        savings.append(_price(n_passed / len(score), hits / n_passed, n_accepted / len(score), costs).savings)
+        savings.append(_price(n_passed / len(score), hits / n_passed, n_accepted / len(score), costs).savings if n_passed else -math.inf)
     if not savings:
         return float("nan"), float("nan")
     tail = 50.0 * (1.0 - confidence)

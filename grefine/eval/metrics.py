@@ -134,7 +134,7 @@ class Metric:
             smallest = self._smallest_side(min(height, width), prompt)
             if smallest is None:
                 raise
-            raise NotScoredError(f"the image is {width}x{height} px; {self.name} needs at least {smallest} px on each side") from err
+            raise NotScoredError(f"the image is {width}x{height} px: {self.name} needs at least {smallest} px on each side") from err
 
     def _smallest_side(self, side: int, prompt: str | None) -> int | None:
         """The smallest side (above ``side``, at most :data:`PROBE_SIDE`) of a square image this
@@ -270,10 +270,10 @@ def _explain(error: Exception, online: bool = True) -> str:
     if isinstance(error, ImportError):
         requirement = _PIP_NAMES.get(error.name, error.name)
         return f"{text} (a package is missing: pip install '{requirement}')"
-    if not online:
+    if not online:  # no "; " in a reason: results.csv joins the reasons of several metrics with it
         return (
-            "its weights are not in the local cache and the Hugging Face hub cannot be reached, so nothing was downloaded "
-            f"(download them while online, see checkpoints/README.md; {text[:160]})"
+            "its weights are not in the local cache and the Hugging Face hub cannot be reached, so nothing was tried: "
+            "download them while online (see checkpoints/README.md)"
         )
     return (
         f"{text} (its weights are not cached and cannot be downloaded here; download them while "
