@@ -184,10 +184,14 @@ class GRefinePipeline:
         apply_speed(config.speed, [stage1.pipe] + ([stage2] if stage2 is not None else []))
         return cls(pq_map, aq_map, stage1, stage2, config)
 
-    def __call__(self, image: ImageInput, prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
+    def __call__(
+        self, image: ImageInput, prompt: str, *, seed: Optional[int] = None, mask: Optional[MaskResult] = None
+    ) -> GRefineOutput:
         """Refine one image: a PIL image, a path, an H×W×3 uint8 array or a C×H×W float tensor
         in [0, 1] (:func:`~grefine.image_io.as_rgb_image`), at most ``config.max_pixels``.
-        ``seed`` (default: the config's) makes the result reproducible."""
+        ``seed`` (default: the config's) makes the result reproducible. ``mask`` replaces Eq. 9's
+        stage-1 mask (e.g. one edited by hand, :func:`~grefine.refine.mask.feathered`), at the
+        image's size; the maps, the strength and the gate are computed as usual."""
         config = self.config
         seed = config.seed if seed is None else seed
         n1, n2 = config.steps
@@ -203,14 +207,17 @@ class GRefinePipeline:
             return _unrefined(image, pq, aq, gate, timings)
 
         start = time.perf_counter()
-        mask = binarize(
-            pq.map,
-            aq.defect_map,
-            perceptual_bound=config.mask.perceptual_bound,
-            alignment_bound=config.mask.alignment_bound,
-            dilation=config.mask.dilation,
-            feather=config.mask.feather,
-        )
+        if mask is None:
+            mask = binarize(
+                pq.map,
+                aq.defect_map,
+                perceptual_bound=config.mask.perceptual_bound,
+                alignment_bound=config.mask.alignment_bound,
+                dilation=config.mask.dilation,
+                feather=config.mask.feather,
+            )
+        elif mask.binary.shape != (image.height, image.width):
+            raise ValueError(f"mask is {mask.binary.shape[1]}x{mask.binary.shape[0]}, the image {image.width}x{image.height}: give a mask of the image's size")
         strength1 = stage1_strength(
             None if config.ablation.drop_pq_map else pq.score,
             None if config.ablation.drop_aq_map else aq.score,
