@@ -68,6 +68,12 @@ class Analysis:
         """(height, width)."""
         return self.image.height, self.image.width
 
+    def matches(self, image: Any, prompt: str) -> bool:
+        """Whether these maps are those of ``image`` and ``prompt`` (they may have changed since)."""
+        if image is None or prompt != self.prompt:
+            return False
+        return np.array_equal(np.asarray(as_rgb_image(image)), np.asarray(self.image))
+
 
 @dataclass(frozen=True)
 class MaskSettings:
@@ -283,9 +289,9 @@ def build_app(pipeline: GRefinePipeline, workdir: Path, examples: Sequence[tuple
         mask = current_mask(analysis, start, perceptual, alignment, dilation, feather, edited)
         return mask_overlay(analysis.image, mask.soft), f"mask: {100 * mask.coverage:.1f} % of the image"
 
-    def on_refine(analysis, start, perceptual, alignment, dilation, feather, edited, strength1, steps1, strength2, steps2, seed):
-        if analysis is None:
-            raise gr.Error("Compute the maps first.")
+    def on_refine(analysis, start, perceptual, alignment, dilation, feather, edited, strength1, steps1, strength2, steps2, seed, image, prompt):
+        if analysis is None or not analysis.matches(image, prompt):
+            raise gr.Error("Compute the maps of this image and prompt first.")
         mask = current_mask(analysis, start, perceptual, alignment, dilation, feather, edited)
         output = refine_masked(pipeline, analysis, mask, RefineSettings(strength1, int(steps1), strength2, int(steps2), int(seed or 0)))
         files = export(Path(tempfile.mkdtemp(prefix="refined-", dir=workdir)), analysis, mask, output)
@@ -349,6 +355,7 @@ def build_app(pipeline: GRefinePipeline, workdir: Path, examples: Sequence[tuple
                 downloads = gr.File(label="download: the refined image, the maps, the mask, the phrase table", file_count="multiple", elem_id="downloads")
 
         mask_inputs = [analysis_state, start, perceptual, alignment, dilation, feather]
+        image.change(lambda: (None, "Press **Compute the maps** for this image."), outputs=[analysis_state, coverage])
         analyze_button.click(
             on_analyze,
             inputs=[image, prompt, start, perceptual, alignment, dilation, feather],
@@ -359,7 +366,7 @@ def build_app(pipeline: GRefinePipeline, workdir: Path, examples: Sequence[tuple
         editor.change(on_edit, inputs=mask_inputs + [editor], outputs=[mask_view, coverage], trigger_mode="always_last")
         refine_button.click(
             on_refine,
-            inputs=mask_inputs + [editor, strength1, steps1, strength2, steps2, seed],
+            inputs=mask_inputs + [editor, strength1, steps1, strength2, steps2, seed, image, prompt],
             outputs=[compare, downloads, note],
         )
     return app

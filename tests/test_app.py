@@ -65,6 +65,8 @@ def test_the_analysis_is_the_pipelines_maps_and_eq9_strength(pipe, analysis):
     assert {row[5] for row in rows} <= {"matched", "noun-unmatched", "adjective-unmatched"}
     with pytest.raises(ValueError, match="prompt"):
         analyze(pipe, analysis.image, "  ")
+    assert analysis.matches(analysis.image.copy(), PROMPT)
+    assert not analysis.matches(analysis.image, PROMPT + " again") and not analysis.matches(analysis.image.rotate(180), PROMPT)
 
 
 def test_the_live_mask_is_eq9s_at_the_chosen_settings(analysis):

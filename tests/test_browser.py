@@ -203,6 +203,33 @@ def test_a_benchmarks_comparison_in_a_browser(browser, tmp_path):
     assert _console_errors(browser) == [] and _network_requests(browser) == []
 
 
+def test_a_large_report_opens_in_pages(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from grefine.run.report import PAGE_SIZE, write_report
+    from grefine.run.runner import write_results
+
+    count = 2 * PAGE_SIZE + 20
+    rows = [{"name": f"img{k:03d}.png", "prompt": "p", "psnr_before": 30.0, "psnr_after": 30.0 + ((k * 37) % count) / 10} for k in range(count)]
+    rows[7] = {"name": "img007.png", "prompt": "p", "error": "boom"}  # a failed row has no scores
+    write_results(tmp_path / "results.csv", rows, ["psnr"])
+    browser.get(write_report(tmp_path).as_uri())
+    assert len(_visible_cards(browser)) == PAGE_SIZE and _visible_cards(browser)[0] == "img000.png"
+    Select(browser.find_element(By.ID, "sort-key")).select_by_value("d:psnr")
+    Select(browser.find_element(By.ID, "sort-order")).select_by_value("desc")
+    pages = [_visible_cards(browser)]
+    for _ in range(2):
+        browser.find_element(By.ID, "page-next").click()
+        pages.append(_visible_cards(browser))
+    assert [len(page) for page in pages] == [PAGE_SIZE, PAGE_SIZE, 20] and not browser.find_element(By.ID, "page-next").is_enabled()
+    delta = {row["name"]: row["psnr_after"] - row["psnr_before"] for row in rows if "error" not in row}
+    assert sum(pages, []) == sorted(delta, key=lambda name: -delta[name]) + ["img007.png"]  # every card once, in order
+    Select(browser.find_element(By.ID, "filter-tag")).select_by_value("failed")  # a filter starts again at page 1
+    assert _visible_cards(browser) == ["img007.png"] and browser.find_element(By.ID, "shown").text == f"1 of {count} shown"
+    assert _console_errors(browser) == []
+
+
 # ------------------------------------------------------------------------------ the app
 
 _AUDIT_HOOK = """

@@ -145,8 +145,8 @@ def _before_url(database: Path, rows: Mapping[str, Mapping[str, Mapping[str, str
     return None
 
 
-def comparison_card(database: Path, rows: Mapping[str, Mapping[str, Mapping[str, str]]], name: str, metrics: Mapping[str, list[str]]) -> str:
-    """One image: the original and every method's result side by side."""
+def comparison_card(database: Path, rows: Mapping[str, Mapping[str, Mapping[str, str]]], name: str, metrics: Mapping[str, list[str]], index: int = 0) -> str:
+    """One image (the ``index``-th card): the original and every method's result side by side."""
     before = _before_url(database, rows, name)
     blocks, keys, gains, tags = [], {"name": name}, {}, []
     prompt = ""
@@ -165,7 +165,7 @@ def comparison_card(database: Path, rows: Mapping[str, Mapping[str, Mapping[str,
                 keys[f"d:{method}:{change.key}"] = change.delta
                 gains[f"{method}:{change.key}"] = change.gain
     return (
-        f'<article class="card" id="{esc(quote(name))}" {data_attributes(keys, gains, tags)}><h2>{esc(name)}</h2>'
+        f'<article class="card" id="{esc(quote(name))}" {data_attributes(keys, gains, tags, index)}><h2>{esc(name)}</h2>'
         f'<p class="prompt">{esc(prompt)}</p><div class="methods">{"".join(blocks)}</div></article>'
     )
 
@@ -215,7 +215,7 @@ def render_comparison(database: Path) -> str:
         f'<section class="summary-block"><table class="summary"><thead><tr><th>method</th><th>images</th>{status_head}</tr></thead>'
         f"<tbody>{counts}</tbody></table><br>{_means_table(summaries, keys)}</section>"
         f"{controls(sort_keys, tags, deltas)}"
-        f'<section id="cards">{"".join(comparison_card(database, rows, name, metrics) for name in names)}</section>'
+        f'<section id="cards">{"".join(comparison_card(database, rows, name, metrics, index) for index, name in enumerate(names))}</section>'
     )
     return page(f"grefine benchmark · {database.absolute().name}", header, body)
 

@@ -378,17 +378,23 @@ def summary_table(summaries: Sequence[ChangeSummary]) -> str:
     )
 
 
-def data_attributes(keys: Mapping[str, object], gains: Mapping[str, Optional[float]], tags: Sequence[str]) -> str:
-    """The card's sort keys, changes (as gains) and filter tags, read by the page's script."""
+def data_attributes(keys: Mapping[str, object], gains: Mapping[str, Optional[float]], tags: Sequence[str], index: int) -> str:
+    """The card's sort keys, changes (as gains) and filter tags, read by the page's script; the
+    ``index``-th card starts hidden past the first page."""
     clean = {k: v for k, v in gains.items() if v is not None}
     return (
         f'data-keys="{esc(json.dumps(keys, allow_nan=False))}" data-gains="{esc(json.dumps(clean, allow_nan=False))}" '
-        f'data-tags="{esc(json.dumps(list(tags)))}"'
+        f'data-tags="{esc(json.dumps(list(tags)))}"{" hidden" if index >= PAGE_SIZE else ""}'
     )
 
 
+PAGE_SIZE = 50
+"""Cards per page (the page's script pages them; the rest start hidden, so that a large run's
+report opens and sorts quickly)."""
+
+
 def controls(sort_keys: Sequence[tuple[str, str]], tags: Sequence[tuple[str, str]], delta_keys: Sequence[tuple[str, str]]) -> str:
-    """The sort and filter bar: sort key and order, a verdict filter, a change filter."""
+    """The sort and filter bar: sort key and order, a verdict filter, a change filter, paging."""
     options = lambda pairs: "".join(f'<option value="{esc(v)}">{esc(label)}</option>' for v, label in pairs)  # noqa: E731
     return (
         '<div class="controls">'
@@ -398,6 +404,8 @@ def controls(sort_keys: Sequence[tuple[str, str]], tags: Sequence[tuple[str, str
         f'<label>where <select id="filter-delta">{options([("", "any score"), *delta_keys])}</select></label>'
         '<select id="filter-change" aria-label="change"><option value="any">changed or not</option><option value="improved">improved</option>'
         '<option value="worsened">worsened</option><option value="unchanged">unchanged</option></select>'
+        f'<label>per page <select id="page-size">{options([(str(PAGE_SIZE), str(PAGE_SIZE)), ("200", "200"), ("0", "all")])}</select></label>'
+        '<button id="page-previous" type="button">◀ previous</button><button id="page-next" type="button">next ▶</button>'
         '<span id="shown"></span></div>'
     )
 
@@ -462,7 +470,7 @@ def run_cards(folder: Path, rows: Mapping[str, Mapping[str, str]], lower_better:
     return cards
 
 
-def card_html(card: RunCard) -> str:
+def card_html(card: RunCard, index: int = 0) -> str:
     row, urls = card.row, card.urls
     base = urls["before"] or urls["after"]
     maps = "".join(overlay(base, urls[kind], caption) if how == "blend" else figure(image(urls[kind], caption, "map"), caption) for kind, caption, how in MAP_VIEWS)
@@ -487,7 +495,7 @@ def card_html(card: RunCard) -> str:
     metric_errors = f'<p class="metric-errors">metric errors: {esc(row["metric_errors"])}</p>' if row.get("metric_errors") else ""
     has_maps = any(urls[kind] for kind, _, _ in MAP_VIEWS)
     return (
-        f'<article class="card" id="{esc(quote(card.name))}" {data_attributes(keys, gains, [card.status])}>'
+        f'<article class="card" id="{esc(quote(card.name))}" {data_attributes(keys, gains, [card.status], index)}>'
         f'<h2>{esc(card.name)} {" ".join(verdict)}</h2><p class="prompt">{esc(row.get("prompt", ""))}</p>{error}'
         f'<div class="images">{compare_slider(urls["before"], urls["after"])}'
         f'{f"<div class=maps>{maps}</div>" if has_maps else ""}</div>'
@@ -520,7 +528,7 @@ def render_run_report(folder: Path, rows: Mapping[str, Mapping[str, str]], lower
         f'<section class="summary-block">{counts_html([c.status for c in cards])}{summary_table(summaries)}'
         f"{score_histograms(rows.values())}</section>"
         f"{controls(sort_options(change_keys, [('mask_area', 'mask area'), ('total_seconds', 'seconds')]), tags, [(k, k) for k, _ in change_keys])}"
-        f'<section id="cards">{"".join(card_html(card) for card in cards)}</section>'
+        f'<section id="cards">{"".join(card_html(card, index) for index, card in enumerate(cards))}</section>'
     )
     return page(f"grefine report · {folder.absolute().name}", header, body)
 

@@ -36,23 +36,42 @@
     return change === "improved" ? gain > 0 : change === "worsened" ? gain < 0 : gain === 0;
   }
 
-  function apply() {
+  var page = 0;
+
+  function apply(keepPage) {
     if (!list) { return; }
     var tag = value("filter-tag") || "all", delta = value("filter-delta"), change = value("filter-change") || "any";
-    var shown = 0;
-    cards.slice().sort(order(value("sort-key") || "name", value("sort-order") === "desc")).forEach(function (card) {
-      var visible = keep(card, tag, delta, change);
-      card.hidden = !visible;
-      shown += visible ? 1 : 0;
-      list.appendChild(card);
+    var size = parseInt(value("page-size") || "50", 10) || cards.length;
+    var kept = cards.filter(function (card) { return keep(card, tag, delta, change); });
+    var rest = cards.filter(function (card) { return !keep(card, tag, delta, change); });
+    var pages = Math.max(1, Math.ceil(kept.length / size));
+    page = keepPage ? Math.min(page, pages - 1) : 0;
+    kept.sort(order(value("sort-key") || "name", value("sort-order") === "desc"));
+    var fragment = document.createDocumentFragment();  // one reflow, whatever the number of cards
+    kept.concat(rest).forEach(function (card, position) {
+      card.hidden = !(position >= page * size && position < Math.min(kept.length, (page + 1) * size));
+      fragment.appendChild(card);
     });
+    list.appendChild(fragment);
     var counter = document.getElementById("shown");
-    if (counter) { counter.textContent = shown + " of " + cards.length + " shown"; }
+    if (counter) {
+      var first = kept.length ? page * size + 1 : 0, last = Math.min(kept.length, (page + 1) * size);
+      counter.textContent = kept.length + " of " + cards.length + " shown" + (pages > 1 ? " (" + first + "–" + last + ", page " + (page + 1) + " of " + pages + ")" : "");
+    }
+    var previous = document.getElementById("page-previous"), next = document.getElementById("page-next");
+    if (previous) { previous.disabled = page === 0; previous.hidden = pages < 2; }
+    if (next) { next.disabled = page >= pages - 1; next.hidden = pages < 2; }
   }
 
-  ["sort-key", "sort-order", "filter-tag", "filter-delta", "filter-change"].forEach(function (id) {
+  ["sort-key", "sort-order", "filter-tag", "filter-delta", "filter-change", "page-size"].forEach(function (id) {
     var element = document.getElementById(id);
-    if (element) { element.addEventListener("change", apply); }
+    if (element) { element.addEventListener("change", function () { apply(false); }); }
+  });
+  [["page-previous", -1], ["page-next", 1]].forEach(function (pair) {
+    var button = document.getElementById(pair[0]);
+    if (button) {
+      button.addEventListener("click", function () { page += pair[1]; apply(true); window.scrollTo(0, list.offsetTop); });
+    }
   });
 
   // A file the browser cannot decode (a TIFF, a corrupt input) becomes a link, never a broken image.
@@ -82,5 +101,5 @@
     move();
   });
 
-  apply();
+  apply(false);
 })();
