@@ -164,7 +164,7 @@ def refine_masked(pipeline: GRefinePipeline, analysis: Analysis, mask: MaskResul
     config.stage2.strength = float(settings.strength2)
     config.stage2.steps = int(settings.steps2)
     config.gate = GateConfig()
-    edited = GRefinePipeline(pipeline.pq_map, pipeline.aq_map, pipeline.stage1, pipeline.stage2, config)
+    edited = GRefinePipeline(pipeline.pq_map, pipeline.aq_map, pipeline.stage1, pipeline.stage2, config, pipeline.select_metric)
     return edited(analysis.image, analysis.prompt, seed=int(settings.seed), mask=mask)
 
 

@@ -75,6 +75,7 @@ DETAIL_COLUMNS = (
     ("maps_seconds", "maps (s)"),
     ("stage1_seconds", "stage 1 (s)"),
     ("stage2_seconds", "stage 2 (s)"),
+    ("verify_seconds", "verify (s)"),
     ("total_seconds", "total (s)"),
 )
 """The columns a card lists when a row has them (``candidates`` etc. from a verifying run)."""
