@@ -375,7 +375,7 @@ def summary_table(summaries: Sequence[ChangeSummary]) -> str:
     return (
         '<table class="summary"><thead><tr><th>score</th><th>images</th><th>mean before</th><th>mean after</th>'
         f"<th>mean change</th><th>improved</th><th>worsened</th></tr></thead><tbody>{body}</tbody></table>"
-        '<p class="hint">↓ lower is better. Means over the images scored before and after.</p>'
+        f'<p class="hint">{"↓ lower is better. " if any(s.lower_better for s in summaries) else ""}Means over the images scored before and after.</p>'
     )
 
 
