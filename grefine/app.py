@@ -10,7 +10,8 @@ The steps, each a function here (the Gradio page, :func:`build_app`, only wires 
    by hand added and removed (:func:`strokes_of`), feathered (:func:`~grefine.refine.mask.feathered`);
    it is recomputed whenever a setting or a stroke changes, before anything is refined;
 3. :func:`refine_masked` — the pipeline with that mask, the chosen strengths and steps
-   (δ = 0: stage 2 off), the gate off (the user asked for this refinement);
+   (δ = 0: stage 2 off), the gate off (the user asked for this refinement), one ``verify``
+   round at most (its candidates and its revert still apply);
 4. :func:`export` — the refined image, the maps, the mask and the phrase table as files.
 
 Gradio is imported only by :func:`build_app` (the optional extra ``pip install -e ".[app]"``);
@@ -157,13 +158,15 @@ def mask_of(analysis: Analysis, settings: MaskSettings, add: Optional[np.ndarray
 
 def refine_masked(pipeline: GRefinePipeline, analysis: Analysis, mask: MaskResult, settings: RefineSettings) -> GRefineOutput:
     """Refine the analysed image with ``mask`` at the chosen strengths and steps (the pipeline's
-    models, a copy of its config; the gate is off: the user asked for this refinement)."""
+    models, a copy of its config; the gate is off: the user asked for this refinement; a
+    ``verify`` section runs one round, so that nothing outside the mask is redrawn)."""
     config = copy.deepcopy(pipeline.config)
     config.stage1.min_strength = config.stage1.max_strength = float(settings.strength1)
     config.stage1.steps = int(settings.steps1)
     config.stage2.strength = float(settings.strength2)
     config.stage2.steps = int(settings.steps2)
     config.gate = GateConfig()
+    config.verify.rounds = 1  # a later round would draw an Eq. 9 mask of its own, outside the edited one
     edited = GRefinePipeline(pipeline.pq_map, pipeline.aq_map, pipeline.stage1, pipeline.stage2, config, pipeline.select_metric)
     return edited(analysis.image, analysis.prompt, seed=int(settings.seed), mask=mask)
 

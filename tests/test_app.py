@@ -26,7 +26,7 @@ from grefine.app import (
     refine_masked,
     strokes_of,
 )
-from grefine.config import GateBounds, GateConfig
+from grefine.config import GateBounds, GateConfig, VerifyConfig
 from grefine.refine.mask import binarize, stage1_strength
 from tests.conftest import REPO
 
@@ -107,6 +107,18 @@ def test_refining_with_an_edited_mask_changes_only_inside_it_without_stage_two(p
     assert out.stage1.ran and out.stage1.steps_run == 2 and out.strength1 == pytest.approx(0.8) and out.stage2_steps == 0
     assert "stage 2 skipped: strength 0" in out.note
     assert pipe.config == config_before  # the app refines with a copy of the config
+
+
+def test_with_verify_on_the_edited_mask_still_bounds_every_change(pipe, analysis, monkeypatch):
+    monkeypatch.setattr(pipe.config, "verify", VerifyConfig(enabled=True, candidates=2, revert_if_worse=False, rounds=3))
+    size = analysis.size
+    add, _ = strokes_of([_layer(size, (0, 20, 0, 30), ADD_COLOUR)], size)
+    mask = mask_of(analysis, MaskSettings(0.5, 0.5, 0, 0, automatic=False), add)
+    out = refine_masked(pipe, analysis, mask, RefineSettings(0.8, 2, 0.0, 2, seed=2))
+    changed = np.abs(np.asarray(out.image, np.int16) - np.asarray(analysis.image, np.int16)).max(axis=2) > 0
+    assert out.verify == "kept" and out.rounds == 1 and out.candidates == 2
+    assert changed.any() and not (changed & ~mask.binary).any()
+    assert pipe.config.verify.rounds == 3  # the pipeline's own config is untouched
 
 
 def test_the_app_refines_what_the_gate_would_skip(pipe, analysis, monkeypatch):
