@@ -6,14 +6,15 @@
                              [--prefetch N]
 
 Prompts come from ``--prompts`` (CSV with ``name,prompt`` columns, or JSONL) or from sidecar
-``<image stem>.txt`` files. Writes the refined images under their own names, quality maps under
-``maps/``, and ``results.csv``. Without ``--input`` a small built-in example set (scikit-image's
+``<image stem>.txt`` files. Writes the refined images under their own names, quality maps and
+phrase tables under ``maps/``, ``results.csv``, and ``report.html`` (open it in a browser; it is
+rewritten as the run goes). Without ``--input`` a small built-in example set (scikit-image's
 sample photos, each with a prompt) is refined into ``./grefine-demo/``.
 Several processes split the folder: ``accelerate launch --multi_gpu --num_processes N scripts/refine.py ...``
 (also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
 
-Everything (options, config, prompts, folders, metric names, an earlier results.csv) is checked
-before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
+Everything (options, config, prompts, folders, metric names, the metric ``verify.select`` names,
+an earlier results.csv) is checked before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
 row in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from grefine.bench.report import run_report  # noqa: E402
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, interruption_text, printable, refusal_text  # noqa: E402
 from grefine.run.runner import Models, Processes, RunOptions, RunSummary, run_items  # noqa: E402
@@ -77,14 +79,24 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
     return check_metric_names(names, where)
 
 
+def check_verify(config: GRefineConfig) -> None:
+    """A metric that ``verify.select`` names is one of the registry's no-reference metrics (no model is built)."""
+    if config.verify.metric is not None:
+        from grefine.eval.metrics import check_select_metric
+
+        check_select_metric(config.verify.metric, f"verify.select in {config.source}")
+
+
 def loader(config: GRefineConfig, names: list[str], report: bool):
     """The ``load`` of :func:`grefine.run.runner.run_items`: the pipeline and the metrics, on the config's device."""
 
     def load() -> Models:
-        from grefine.eval.metrics import create_metrics
-        from grefine.pipeline import GRefinePipeline
+        from grefine.eval.metrics import create_metrics, create_select_metric
+        from grefine.pipeline import GRefinePipeline, resolve_device
 
-        pipeline = GRefinePipeline.from_pretrained(config)
+        select = config.verify.metric
+        select_metric = create_select_metric(select, device=resolve_device(config.device)) if select else None
+        pipeline = GRefinePipeline.from_pretrained(config, select_metric=select_metric)
         metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)
         for name, reason in failures.items():
             if report:
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         config = load_config(args)
         names = metric_names(args, config)
+        check_verify(config)
         check_encoding(args.prompt_encoding)
         check_weights(config)  # the pre-flight, before anything is written (the demo's inputs included)
         import torch
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 metric_resolution=config.metric_resolution,
                 prefetch=config.prefetch,
                 progress=not args.no_progress and state.is_local_main_process,
+                report=run_report,
             ),
             processes=Processes.from_accelerate(state),
         )
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary_line(summary: RunSummary, output: Path) -> str:
     """What the run did, where its results are, and the log of the libraries' messages, if any."""
-    results = f"results: {printable(str(summary.results_csv))}"
+    results = f"results: {printable(str(summary.results_csv))}; open {printable(str(output / 'report.html'))} in a browser"
     if summary.log is not None:
         results += f"; library messages: {printable(str(summary.log))}"
     if summary.skipped and not summary.done and not summary.failed:
