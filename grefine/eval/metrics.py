@@ -294,20 +294,15 @@ def _registry_name(name: str) -> str:
 
 
 def _explain(error: Exception, online: bool = True) -> str:
-    """Why a metric could not be created, on one line."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    """Why a metric could not be created, on one line and without "; " (``results.csv`` joins
+    the reasons of several metrics with it)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split()).replace("; ", ", ")
     if isinstance(error, ImportError):
         requirement = _PIP_NAMES.get(error.name, error.name)
         return f"{text} (a package is missing: pip install '{requirement}')"
-    if not online:  # no "; " in a reason: results.csv joins the reasons of several metrics with it
-        return (
-            "its weights are not in the local cache and the Hugging Face hub cannot be reached, so nothing was tried: "
-            "download them while online (see checkpoints/README.md)"
-        )
-    return (
-        f"{text} (its weights are not cached and cannot be downloaded here; download them while "
-        "online, see checkpoints/README.md)"
-    )
+    if not online:
+        return f"{text} (its weights are not in the local cache and the Hugging Face hub cannot be reached, so nothing was downloaded: see checkpoints/README.md)"
+    return f"{text} (its weights are not cached and cannot be downloaded here: download them while online, see checkpoints/README.md)"
 
 
 @contextlib.contextmanager
