@@ -352,7 +352,7 @@ def _correlation_rows(
             result = correlations(_oriented(spec, values), mos[:, 0], n_boot=n_boot, seed=seed)
             notes = [f"unavailable: {unavailable[spec.name]}" if spec.name in unavailable else result.reason]
             if 0 < result.n < SMALL_SAMPLE:
-                notes.append(f"small sample (n = {result.n} < {SMALL_SAMPLE}): wide intervals, the logistic fit may be a step")
+                notes.append(f"small sample (n = {result.n} < {SMALL_SAMPLE}): wide intervals")
             notes += [result.note] + (["lower is better: negated"] if spec.lower_better else [])
             rows.append(CorrelationRow(spec.name, spec.kind, column, result, failed, "; ".join(filter(None, notes))))
     return rows
