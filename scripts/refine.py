@@ -13,8 +13,12 @@ Several processes split the folder: ``accelerate launch --multi_gpu --num_proces
 (also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
 
 Everything (options, config, prompts, folders, metric names, an earlier results.csv) is checked
-before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
-row in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
+before any model loads. Then, when the hub is reachable, the weights the config and the metrics
+need and the caches do not hold yet are fetched, after a plan on stderr (what, from where, how large,
+into which cache, the free space there; checkpoints/README.md); ``scripts/download_weights.py``
+fetches them ahead, for a run with ``HF_HUB_OFFLINE=1``. Exit status: 0 when every image was
+refined, 1 when any failed (see its row in results.csv), 2 when the run was refused (one line on
+stderr names the input and the fix).
 """
 from __future__ import annotations
 
@@ -77,12 +81,18 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
 
 
 def loader(config: GRefineConfig, names: list[str], report: bool):
-    """The ``load`` of :func:`grefine.run.runner.run_items`: the pipeline and the metrics, on the config's device."""
+    """The ``load`` of :func:`grefine.run.runner.run_items`: the weights the config and the metrics
+    need (when the hub is reachable: the plan on stderr, then the downloads), then the pipeline and
+    the metrics, on the config's device."""
 
     def load() -> Models:
+        from grefine.eval.metric_weights import metric_weights
         from grefine.eval.metrics import create_metrics
         from grefine.pipeline import GRefinePipeline
+        from grefine.weights import prepare_weights, required_weights
 
+        say = (lambda line: print(line, file=sys.stderr)) if report else None
+        prepare_weights(required_weights(config) + metric_weights(names), say=say)
         pipeline = GRefinePipeline.from_pretrained(config)
         metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)
         for name, reason in failures.items():
