@@ -223,14 +223,16 @@ def hub_files_cached(hub: HubFiles) -> bool:
     :meth:`HubFiles.select` picks from the repository's listing cached by the download (or, for
     files fetched one by one, without a cached listing: one of each ``names`` group; any snapshot
     of the repository for folders)."""
-    from huggingface_hub import get_cached_repo_tree, snapshot_download, try_to_load_from_cache
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
 
     def cached(name: str) -> bool:
         return isinstance(try_to_load_from_cache(hub.repo_id, name), str)
 
     try:
+        from huggingface_hub import get_cached_repo_tree  # huggingface_hub >= 1.x
+
         listing = {entry.path for entry in get_cached_repo_tree(hub.repo_id)}
-    except Exception:  # no listing cached (or an invalid id)
+    except Exception:  # no listing cached, an invalid id, or an older huggingface_hub
         listing = None
     if listing is None and hub.layout == "files":
         return all(any(cached(name) for name in group) for group in hub.names)
