@@ -11,10 +11,12 @@ unpacked download ``--root`` (images are found by file name anywhere under it; m
 prompt-less rows are reported and skipped; a record that cannot be refined becomes a failed row),
 takes a reproducible sample (``--limit N --seed S``: the paper refines 3,000 images of DiffusionDB
 and of GenImage, AGIQA-1K/3K whole), and refines it with one method (``configs/methods/``:
-g-refine, g-refine-notebook, the Table 8 ablations g-refine-aq-only, g-refine-pq-only and
+g-refine, g-refine-notebook, g-refine-never-worse, the Table 8 ablations g-refine-aq-only, g-refine-pq-only and
 g-refine-stage1-only, identity, sdxl-refiner, sdxl-img2img, sdxl-inpaint-full, pasd; or a method YAML) into ``DIR/<database>/<method>/``: the refined images, ``results.csv`` (one row per
 image, every metric before and after) and ``summary.csv`` / ``summary.md`` (per metric the means
-before and after, the change, images improved/worsened, † negative optimisation). Then
+before and after, the change, images improved/worsened, † negative optimisation, the
+negative-optimisation rate = the share of images made worse; for a method with ``verify``, e.g.
+g-refine-never-worse, the share of images reverted). Then
 ``python scripts/make_tables.py DIR`` gathers every database × method into the paper's tables.
 
 Metrics: the paper's 13 by default; those that cannot be created here are recorded per row in

@@ -41,16 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
-    """The requested metrics, every name checked against the registry (no model is built)."""
+    """The requested metrics and the one ``verify.select`` names, every name checked against the
+    registry (no model is built)."""
     if args.metrics is None:
         names, where = config.metrics, f"metrics in {config.source}"
     else:
         names, where = [m.strip() for m in args.metrics.split(",") if m.strip() and m.strip() != "none"], "--metrics"
-    if not names:
+    select = [config.verify.metric] if config.verify.metric else []
+    if not names + select:
         return []
     from grefine.eval.metrics import check_metric_names
 
-    return check_metric_names(names, where)
+    return list(dict.fromkeys(check_metric_names(names, where) + check_metric_names(select, f"verify.select in {config.source}")))
 
 
 def fetch_weights(config: GRefineConfig, names: list[str]) -> None:

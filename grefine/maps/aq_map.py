@@ -405,6 +405,7 @@ class AQMap(nn.Module):
         self.margin = float(margin)
         self.emphasis = float(emphasis)
         self.input_size = input_size
+        self._text_features: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -445,9 +446,15 @@ class AQMap(nn.Module):
         return F.normalize(features.float(), dim=-1)
 
     def text_directions(self, texts: Sequence[str]) -> torch.Tensor:
-        """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D), all texts and ``""`` in one batch."""
-        features = self.encode_texts(["", *texts])
-        return features[1:] - features[:1]
+        """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D). The texts not seen before (and
+        ``""``) go through the text tower in one batch; every text's features are kept, so reading
+        an image again for the same prompt (the re-read after refining) encodes nothing."""
+        new = [text for text in dict.fromkeys(["", *texts]) if text not in self._text_features]
+        if new:
+            self._text_features.update(zip(new, self.encode_texts(new)))
+        empty = self._text_features[""]
+        features = [self._text_features[text] for text in texts]
+        return (torch.stack(features) if features else empty.new_zeros((0, empty.numel()))) - empty
 
     @torch.no_grad()
     def align(self, image: Image.Image, texts: Sequence[str]) -> Alignment:

@@ -16,8 +16,9 @@ source that builds :class:`~grefine.run.sources.WorkItem` objects. Whatever the 
   given, rows of a killed multi-process run's part files); one bad item (unreadable, above
   ``max_pixels``, no prompt, a failure inside a model) becomes a row with its ``error`` and the
   run goes on;
-* writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
-  copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
+* writes faithful outputs (:func:`finish_item`): the input's format and metadata, a byte-for-byte
+  copy when the refiner changed no pixel (an image the gate left alone, or one that ``verify``
+  reverted), or PNG (``output_format="png"``, written as
   ``<name>.png``); the maps a result has (G-Refine's; a baseline has none) go to
   ``maps/<name>.<kind>.png``, so no two items can collide;
 * works at a bounded size: images above ``max_pixels`` are refused from their header, and the
@@ -83,9 +84,17 @@ BASE_COLUMNS = (
     "maps_seconds",
     "stage1_seconds",
     "stage2_seconds",
+    "verify_seconds",
     "total_seconds",
     "note",
     "gate",
+    "verify",
+    "p_after",
+    "a_after",
+    "candidates",
+    "rounds",
+    "changed_outside_mask",
+    "psnr_outside_mask",
     "metric_errors",
     "error",
 )
