@@ -259,14 +259,21 @@ class GRefinePipeline:
         apply_speed(config.speed, [stage1.pipe] + ([stage2] if stage2 is not None else []))
         return cls(pq_map, aq_map, stage1, stage2, config, select_metric)
 
-    def __call__(self, image: ImageInput, prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
+    def __call__(
+        self, image: ImageInput, prompt: str, *, seed: Optional[int] = None, mask: Optional[MaskResult] = None
+    ) -> GRefineOutput:
         """Refine one image: a PIL image, a path, an H×W×3 uint8 array or a C×H×W float tensor
         in [0, 1] (:func:`~grefine.image_io.as_rgb_image`), at most ``config.max_pixels``.
         ``seed`` (default: the config's) makes the result reproducible; with ``verify`` on, the
-        candidates of round r (from 0) take the seeds ``seed + r·N + i``, i < N."""
+        candidates of round r (from 0) take the seeds ``seed + r·N + i``, i < N. ``mask``
+        replaces Eq. 9's stage-1 mask of the first round (e.g. one edited by hand,
+        :func:`~grefine.refine.mask.feathered`), at the image's size; the maps, the strength, the
+        gate and the verification are as usual."""
         config = self.config
         seed = config.seed if seed is None else seed
         image = as_rgb_image(image, max_pixels=config.max_pixels)
+        if mask is not None and mask.binary.shape != (image.height, image.width):
+            raise ValueError(f"mask is {mask.binary.shape[1]}x{mask.binary.shape[0]}, the image {image.width}x{image.height}: give a mask of the image's size")
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -277,23 +284,27 @@ class GRefinePipeline:
         if not gate.refines:
             return _unrefined(image, pq, aq, gate, timings, verified=config.verify.enabled)
         if config.verify.enabled:
-            return self._verified(image, prompt, pq, aq, seed, gate, timings)
-        first = self._refine(image, aq, *self._decide(pq, aq, timings), [seed], timings)
+            return self._verified(image, prompt, pq, aq, seed, gate, timings, mask)
+        first = self._refine(image, aq, *self._decide(pq, aq, timings, mask), [seed], timings)
         [candidate] = first.candidates
         return _output(image, candidate.image, first, pq, aq, gate, timings, weight=first.mask.soft, rounds=1)
 
-    def _decide(self, pq: PQMapResult, aq: AQMapResult, timings: dict[str, float]) -> tuple[MaskResult, float]:
-        """Eq. 9's decisions from the maps: the mask ``Bi(1 − P + D)`` and the stage-1 strength."""
+    def _decide(
+        self, pq: PQMapResult, aq: AQMapResult, timings: dict[str, float], mask: Optional[MaskResult] = None
+    ) -> tuple[MaskResult, float]:
+        """Eq. 9's decisions from the maps: the mask ``Bi(1 − P + D)`` (unless one is given) and
+        the stage-1 strength."""
         config = self.config
         start = time.perf_counter()
-        mask = binarize(
-            pq.map,
-            aq.defect_map,
-            perceptual_bound=config.mask.perceptual_bound,
-            alignment_bound=config.mask.alignment_bound,
-            dilation=config.mask.dilation,
-            feather=config.mask.feather,
-        )
+        if mask is None:
+            mask = binarize(
+                pq.map,
+                aq.defect_map,
+                perceptual_bound=config.mask.perceptual_bound,
+                alignment_bound=config.mask.alignment_bound,
+                dilation=config.mask.dilation,
+                feather=config.mask.feather,
+            )
         strength1 = stage1_strength(
             None if config.ablation.drop_pq_map else pq.score,
             None if config.ablation.drop_aq_map else aq.score,
@@ -348,14 +359,22 @@ class GRefinePipeline:
         return _Round(mask, strength1, strength2 if stage2_steps else 0.0, stage2_steps, candidates, notes)
 
     def _verified(
-        self, image: Image.Image, prompt: str, pq: PQMapResult, aq: AQMapResult, seed: int, gate: GateDecision, timings: dict[str, float]
+        self,
+        image: Image.Image,
+        prompt: str,
+        pq: PQMapResult,
+        aq: AQMapResult,
+        seed: int,
+        gate: GateDecision,
+        timings: dict[str, float],
+        first_mask: Optional[MaskResult] = None,
     ) -> GRefineOutput:
         """The ``verify`` section (:class:`~grefine.config.VerifyConfig`): rounds of N candidates,
         each re-read by both maps in one batch (one image-tower pass per candidate; the texts are
         those of the input, already encoded) and scored by ``select``; the best is kept when it
         beats the round's input by more than ``margin`` (or ``revert_if_worse`` is off). A next
         round starts from the kept result and its new maps, when it improved and its mask is not
-        empty."""
+        empty. ``first_mask`` replaces the first round's Eq. 9 mask."""
         verify = self.config.verify
         select = Selector(verify.select, self.select_metric, self.config.metric_resolution)
         start = time.perf_counter()
@@ -365,7 +384,7 @@ class GRefinePipeline:
         weights: list[np.ndarray] = []
         notes: list[str] = []
         for index in range(verify.rounds):
-            mask, strength1 = self._decide(current.pq, current.aq, timings)
+            mask, strength1 = self._decide(current.pq, current.aq, timings, first_mask if index == 0 else None)
             if index and mask.is_empty:
                 notes.append(f"verify: stopped after round {index}: the result's mask is empty")
                 break

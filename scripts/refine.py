@@ -6,8 +6,9 @@
                              [--prefetch N]
 
 Prompts come from ``--prompts`` (CSV with ``name,prompt`` columns, or JSONL) or from sidecar
-``<image stem>.txt`` files. Writes the refined images under their own names, quality maps under
-``maps/``, and ``results.csv``. Without ``--input`` a small built-in example set (scikit-image's
+``<image stem>.txt`` files. Writes the refined images under their own names, quality maps and
+phrase tables under ``maps/``, ``results.csv``, and ``report.html`` (open it in a browser; it is
+rewritten as the run goes). Without ``--input`` a small built-in example set (scikit-image's
 sample photos, each with a prompt) is refined into ``./grefine-demo/``.
 Several processes split the folder: ``accelerate launch --multi_gpu --num_processes N scripts/refine.py ...``
 (also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
@@ -29,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from grefine.bench.report import run_report  # noqa: E402
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
 from grefine.run.runner import Models, Processes, RunOptions, run_items  # noqa: E402
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 metric_resolution=config.metric_resolution,
                 prefetch=config.prefetch,
                 progress=not args.no_progress and state.is_local_main_process,
+                report=run_report,
             ),
             processes=Processes.from_accelerate(state),
         )
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         print(
             f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
-            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))})"
+            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))}; "
+            f"open {printable(str(output / 'report.html'))} in a browser)"
         )
     return summary.exit_code
 

@@ -126,6 +126,10 @@ def test_two_methods_then_the_tables_then_resume(agiqa3k, tmp_path, capsys, load
     assert set(summary) == {"psnr", "ssim", "piqe"} and summary["psnr"]["worsened"] == "4"
     assert summary["psnr"]["negative_optimisation"] == "True" and summary["piqe"]["lower_better"] == "True"
     assert loads == ["identity", "g-refine"]
+    # report.html: each method's, the two methods side by side per image (before | after each), the index
+    assert all((out / "agiqa3k" / method / "report.html").is_file() for method in ("identity", "g-refine")) and (out / "report.html").is_file()
+    comparison = (out / "agiqa3k" / "report.html").read_text(encoding="utf-8")
+    assert comparison.count('<article class="card"') == 4 and comparison.count('<div class="compare"') == 8
 
     assert TABLES.main([str(out)]) == 0
     tables = (out / "tables.md").read_text(encoding="utf-8")
