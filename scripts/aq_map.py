@@ -44,7 +44,7 @@ from grefine.image_io import (  # noqa: E402
 from grefine.maps.aq_map import AQMap, AQMapResult  # noqa: E402
 from grefine.maps.syntax_tree import EmptyPromptError, add_nltk_data_dir  # noqa: E402
 from grefine.run.sources import WorkItem, check_encoding, scan_folder  # noqa: E402
-from grefine.weights import WeightsUnavailableError, clip_source, missing_nltk_data, require_weights  # noqa: E402
+from grefine.weights import WeightsUnavailableError, missing_nltk_data, open_clip_weights, require_weights  # noqa: E402
 
 SUMMARY_COLUMNS = ("name", "score", "prompt_score", "defects", "emphasized_prompt", "error")
 
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RunInputError(f"--output {args.output} is the input folder; choose another folder.")
         if args.nltk_data is not None:
             add_nltk_data_dir(args.nltk_data)
-        require_weights(clip_source("AQ-Map CLIP", args.model, args.pretrained, "--pretrained"), "aq_map", other_missing=missing_nltk_data())
+        clip = open_clip_weights(f"AQ-Map CLIP {args.model}/{args.pretrained}", args.model, args.pretrained, "--pretrained")
+        require_weights([clip] if clip else [], "aq_map", other_missing=missing_nltk_data())
         aq_map = AQMap.from_pretrained(args.model, args.pretrained, device=args.device, **options)
     except (ConfigError, RunInputError, MissingWeightsError, WeightsUnavailableError) as err:
         print(f"aq_map: {refusal_text(err)}", file=sys.stderr)

@@ -119,6 +119,7 @@ def _offline_default(monkeypatch, tmp_path):
     """The default config on a machine with no weights: empty hub cache, no checkpoints/ here."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no official PQ-Map embeddings fetched yet
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -182,8 +183,8 @@ def test_each_missing_weight_says_where_it_comes_from(tmp_path, monkeypatch, cap
     lines = capsys.readouterr().err.rstrip("\n").split("\n")
     items = {line.split(":")[0].strip(" -"): line for line in lines if line.startswith("  - ")}
     assert "Hugging Face hub" in items["SDXL inpainting (stage 1)"]
-    assert "github.com/Q-Future/Q-Refine" in items["PQ-Map quality embeddings"]
-    assert "github.com/yangxy/PASD" in items["PASD unet + controlnet (stage 2)"]
+    assert "github.com/Q-Future/Q-Refine" in items["PQ-Map quality embeddings"] and "Hugging Face" not in items["PQ-Map quality embeddings"]
+    assert "Hugging Face hub" in items["PASD unet + controlnet (stage 2)"] and "yangtao9009/PASD" in items["PASD unet + controlnet (stage 2)"]
     assert "configs/tiny-random.yaml" in lines[-1]  # another config than the one in use: worth suggesting
 
 
@@ -198,8 +199,8 @@ def test_refusal_lists_one_missing_item_per_line(tmp_path, monkeypatch, capsys, 
     assert lines[0].startswith("grefine: cannot start with config") and lines[0].endswith(":")
     listed = [line for line in lines if line.startswith("  - ")]
     assert len(listed) == 5 and len(lines) == len(listed) + 2  # head, one line per item, where to look
-    for source in ("timm/vit_base_patch16_clip_224.openai", "checkpoints/pq_embeddings", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-                   "stable-diffusion-v1-5/stable-diffusion-v1-5", "checkpoints/pasd"):
+    for source in ("timm/vit_base_patch16_clip_224.openai", "'official'", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                   "stable-diffusion-v1-5/stable-diffusion-v1-5", "yangtao9009/PASD"):
         assert sum(source in line for line in listed) == 1, source
     assert all(len(line) < 320 for line in lines)
 
@@ -211,8 +212,7 @@ def test_refused_demo_run_creates_nothing(tmp_path, monkeypatch, capsys, stand_i
     _offline_default(monkeypatch, tmp_path)
     assert REFINE.main(["--config", str(DEFAULT)]) == 2
     assert "cannot start" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["hf"]
-    assert not (tmp_path / "grefine-demo").exists()
+    assert not (tmp_path / "grefine-demo").exists() and {p.name for p in tmp_path.iterdir()} <= {"hf", "cache"}
 
 
 def test_refused_folder_run_creates_no_output_folder(tmp_path, monkeypatch, capsys, stand_in):
