@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tqdm",
     "psutil",  # the output-folder lock tells a live owner from a reused process id
     "scikit-image",
+    # 16-bit RGB(A) PNGs, which Pillow reads as 8-bit, are read with OpenCV (pyiqa needs it too).
+    "opencv-python-headless",
     "scipy",  # correlations, the logistic fit, mask morphology
     "matplotlib",  # scatter, gate and training-log plots
     "openpyxl",  # .xlsx label tables (AGIQA-1K, AIGIQA-20K, training data)
