@@ -327,6 +327,7 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         alpha=pq_cfg.alpha,
         input_size=pq_cfg.input_size,
         map_normalization=pq_cfg.map_normalization,
+        feature_norm=pq_cfg.feature_norm,
     )
     aq_model, aq_tokenizer = clip(aq_cfg.model_name, aq_cfg.pretrained, aq_cfg.tiny_random, False)
     aq_map = AQMap(
@@ -337,6 +338,9 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         beta=aq_cfg.beta,
         margin=aq_cfg.margin,
         emphasis=aq_cfg.emphasis,
+        feature_norm=aq_cfg.feature_norm,
+        text_encoding=aq_cfg.text_encoding,
+        text_cache=aq_cfg.text_cache,
     )
     return pq_map, aq_map
 
@@ -347,7 +351,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         from grefine.tiny import build_tiny_sdxl_inpaint_pipeline
 
         pipe = build_tiny_sdxl_inpaint_pipeline(seed=config.seed).to(dtype=dtype)
-        return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution)
+        return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution, **cfg.options)
     variant = cfg.variant if dtype == torch.float16 else None
     return InpaintStage1.from_pretrained(
         cfg.model,
@@ -357,6 +361,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         cpu_offload=config.cpu_offload,
         resolution=cfg.resolution,
         vae=cfg.vae,
+        options=cfg.options,
     )
 
 
@@ -366,16 +371,19 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         return None
     if cfg.type != "pasd":
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
-    options = {"max_resolution": cfg.max_resolution, **cfg.options}
+    options = {"max_resolution": cfg.max_resolution, "input_jpeg_quality": cfg.input_jpeg_quality, **cfg.options}
     if cfg.tiny_random:
-        from grefine.tiny import build_tiny_pasd_stage2
+        from grefine.tiny import build_tiny_coca, build_tiny_pasd_stage2
 
-        stage2 = build_tiny_pasd_stage2(seed=config.seed, **options).to(dtype=dtype)
+        caption = build_tiny_coca(seed=config.seed) if cfg.caption_model else None
+        stage2 = build_tiny_pasd_stage2(seed=config.seed, caption_model=caption, **options).to(dtype=dtype)
     else:
         from grefine.refine.pasd import PASDStage2
+        from grefine.refine.pasd.caption import load_caption_model
 
+        caption = load_caption_model(cfg.caption_model, cfg.caption_pretrained) if cfg.caption_model else None
         stage2 = PASDStage2.from_pretrained(
-            base_model=cfg.base_model, pasd_model=cfg.pasd_model, torch_dtype=dtype, **options
+            base_model=cfg.base_model, pasd_model=cfg.pasd_model, torch_dtype=dtype, caption_model=caption, **options
         )
     stage2.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
     return place_pipeline(stage2, device, config.cpu_offload)

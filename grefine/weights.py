@@ -104,7 +104,7 @@ def map_weights(config: GRefineConfig) -> list[WeightSource]:
 
 def required_weights(config: GRefineConfig) -> list[WeightSource]:
     """Everything the configuration will load: the maps' weights (:func:`map_weights`) and the
-    two stages' (tiny-random sections need nothing)."""
+    two stages' — stage 2's caption model too when it has one (tiny-random sections need nothing)."""
     needed = map_weights(config)
     if not config.stage1.tiny_random:
         needed.append(WeightSource("SDXL inpainting (stage 1)", config.stage1.model, "stage1.model"))
@@ -114,6 +114,11 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
     if stage2.type and not stage2.tiny_random and stage2.strength > 0 and not config.ablation.drop_stage2:
         needed.append(WeightSource("Stable Diffusion 1.5 base (stage 2)", stage2.base_model, "stage2.base_model"))
         needed.append(WeightSource("PASD unet + controlnet (stage 2)", stage2.pasd_model, "stage2.pasd_model"))
+        caption = _open_clip_repo(stage2.caption_model, stage2.caption_pretrained) if stage2.caption_model else None
+        if caption is not None:
+            needed.append(
+                WeightSource(f"caption model {stage2.caption_model}/{stage2.caption_pretrained} (stage 2)", caption, "stage2.caption_pretrained")
+            )
     return list({(w.source, w.files): w for w in needed}.values())
 
 
