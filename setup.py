@@ -33,6 +33,11 @@ INSTALL_REQUIRES = [
     "matplotlib",
 ]
 
+# The interactive app (scripts/app.py, grefine.app): Gradio 6's components and launch options.
+APP_REQUIRES = ["gradio>=6,<7"]
+# The tests drive report.html and the app in Debian's chromium (apt-get install chromium chromium-driver).
+TEST_REQUIRES = ["pytest>=7", "pytest-timeout", "selenium>=4.20", *APP_REQUIRES]
+
 setup(
     name="grefine",
     version="0.1.0",
@@ -40,8 +45,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["grefine", "grefine.*"]),
-    package_data={"grefine": ["py.typed"]},
+    package_data={"grefine": ["py.typed", "run/report_assets/*.css", "run/report_assets/*.js"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={"test": TEST_REQUIRES, "app": APP_REQUIRES},
 )

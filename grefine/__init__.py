@@ -8,8 +8,10 @@ Subpackages follow the paper: :mod:`grefine.maps` (§3.1-3.2), :mod:`grefine.ref
 :mod:`grefine.data` (the databases, §4.1, :func:`load_database`), :mod:`grefine.bench` (the
 refinement benchmark, §4.2), :mod:`grefine.eval` (§4.3: metrics, :func:`correlations` of scores
 with MOS, :func:`autoqa_cost` of a quality gate), :mod:`grefine.train` (learning PQ-Map's
-prompts) and :mod:`grefine.run` (the folder runner).
+prompts) and :mod:`grefine.run` (the folder runner). :func:`report` writes ``report.html`` for
+the output folder of a run or a benchmark; :mod:`grefine.app` is the interactive app.
 """
+from grefine.bench.report import report
 from grefine.config import GRefineConfig
 from grefine.eval.autoqa import autoqa_cost
 from grefine.eval.correlation import correlations
@@ -48,6 +50,7 @@ __all__ = [
     "correlations",
     "load_database",
     "parse_prompt",
+    "report",
     "stage1_strength",
     "vvv_surgery",
 ]

@@ -262,6 +262,37 @@ class GateConfig:
         return self.skip_above.is_set or self.reject_below.is_set
 
 
+VERIFY_SCORES = ("pa", "p", "a")
+"""The map scores ``verify.select`` can name besides a metric: p·a, p (PQ-Map, Eq. 3), a (AQ-Map, Eq. 8)."""
+
+
+@dataclass
+class VerifyConfig:
+    """Verification after refining (not in the paper; off by default, on in
+    ``configs/never-worse.yaml``; :mod:`grefine.refine.verify`).
+
+    After stage 2 (stage 1 when there is none) PQ-Map and AQ-Map read the refined image again
+    (``p_after``, ``a_after``). ``select`` compares images: ``pa`` (p·a), ``p``, ``a``, or the name
+    of a no-reference metric of the registry (:func:`grefine.eval.metrics.list_metrics`, checked by
+    the tools before any model loads; its direction is the metric's). ``candidates``: stage 1 makes
+    N candidates with N seeds in one batched call, each goes through stage 2, and the best by
+    ``select`` is kept. ``revert_if_worse``: when the best does not beat the input by more than
+    ``margin`` the output is the input, unchanged. ``rounds``: while the kept result improved and
+    its own maps still give a non-empty mask, it is refined again, at most ``rounds`` times."""
+
+    enabled: bool = False
+    select: str = "pa"
+    candidates: int = field(default=1, metadata=within(1, 16))
+    revert_if_worse: bool = True
+    margin: float = field(default=0.0, metadata=within(0))
+    rounds: int = field(default=1, metadata=within(1, 8))
+
+    @property
+    def metric(self) -> Optional[str]:
+        """The metric ``select`` names, or None when it is a map score (or verification is off)."""
+        return self.select if self.enabled and self.select not in VERIFY_SCORES else None
+
+
 @dataclass
 class GRefineConfig:
     """A whole run. ``total_steps`` is Eq. 10's n1 + n2 (half each, the paper's 20 in total);
@@ -285,6 +316,7 @@ class GRefineConfig:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     metrics: list[str] = field(default_factory=list)
     metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     prefetch: int = field(default=2, metadata=within(0, 16))
@@ -321,6 +353,7 @@ class GRefineConfig:
             raise ConfigError(f"config {source}: stage2.caption_model is set but stage2.caption_pretrained is null; name its weights.")
         _check_gate(config, source)
         _check_speed(config, source)
+        _check_verify(config, source)
         return config
 
 
@@ -370,6 +403,27 @@ def _check_gate(config: GRefineConfig, source: str) -> None:
         if reject is not None and skip is not None and reject > skip:
             raise ConfigError(
                 f"config {source}: gate.reject_below.{score} ({reject:g}) must not exceed gate.skip_above.{score} ({skip:g})."
+            )
+
+
+def _check_verify(config: GRefineConfig, source: str) -> None:
+    """Cross-field rules of the ``verify`` section: ``select`` is a name (a map score or a metric,
+    which the tools check against the registry), and not a score that the ``ablation`` drops
+    (its score is NaN, so no image could ever beat another)."""
+    verify = config.verify
+    if not verify.select.strip() or verify.select != verify.select.strip():
+        raise ConfigError(
+            f"config {source}: verify.select must be {', '.join(VERIFY_SCORES)} or a metric name (e.g. musiq), got {verify.select!r}."
+        )
+    dropped = {"p": config.ablation.drop_pq_map, "a": config.ablation.drop_aq_map}
+    needed = verify.select if verify.enabled and verify.select in VERIFY_SCORES else ""
+    for score in needed:  # "pa" needs both maps
+        if dropped[score]:
+            ablation = "drop_pq_map" if score == "p" else "drop_aq_map"
+            kept = [name for name in ("p", "a") if not dropped[name]]
+            raise ConfigError(
+                f"config {source}: verify.select is {verify.select} but ablation.{ablation} drops that map (its score is NaN); "
+                f"select {kept[0] if kept else 'a metric'} instead."
             )
 
 

@@ -13,20 +13,24 @@ of steps to *run*; each derives its schedule length from its strength
 (:func:`grefine.refine.stage1.inference_steps_for`). The ``ablation`` config section switches a
 map or stage 2 off (Table 8). The ``gate`` section (off by default; not in the paper) decides
 on (p, a) between the maps and the mask (:func:`gate_decision`): a hopeless image is rejected
-and a good one skipped, both returned unchanged without running stage 1 or 2. Models load once
-in :meth:`GRefinePipeline.from_pretrained`.
+and a good one skipped, both returned unchanged without running stage 1 or 2. The ``verify``
+section (off by default; not in the paper; :mod:`grefine.refine.verify`) re-reads each refined
+image with both maps, keeps the best of N stage-1 candidates, returns the input when nothing beat
+it, and refines again for more rounds. Models load once in :meth:`GRefinePipeline.from_pretrained`.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 
-from grefine.config import GateBounds, GateConfig, GRefineConfig
+from grefine.config import ConfigError, GateBounds, GateConfig, GRefineConfig
 from grefine.image_io import ImageInput, as_rgb_image
 from grefine.maps.aq_map import AQMap, AQMapResult
 from grefine.maps.clip_surgery import TowerPasses
@@ -34,6 +38,7 @@ from grefine.maps.pq_map import PQMap, PQMapResult, load_open_clip
 from grefine.refine.mask import MaskResult, binarize, stage1_strength
 from grefine.refine.speedups import apply_speed
 from grefine.refine.stage1 import InpaintStage1, Stage1Result, place_pipeline
+from grefine.refine.verify import OutsideMask, SelectMetric, Selector, VerifyRound, judge, outside_mask
 from grefine.weights import check_weights
 
 
@@ -92,10 +97,21 @@ def _set_bounds(bounds: GateBounds) -> list[tuple[str, float]]:
 class GRefineOutput:
     """One refined image with everything that led to it.
 
-    ``timings`` holds seconds per step: ``maps`` (PQ + AQ), ``mask``, ``stage1``, ``stage2``.
-    ``note`` says what was skipped and why (empty mask, no stage 2 configured, δ = 0, ablation,
-    the gate). A map switched off by the ``ablation`` config is its neutral result (P = 1 / D = 0,
-    score NaN). ``gate`` is the refiner gate's decision (verdict ``""`` when no gate is configured).
+    ``timings`` holds seconds per step: ``maps`` (PQ + AQ of the input), ``mask``, ``stage1``,
+    ``stage2`` (over every round and candidate) and, with ``verify`` on, ``verify`` (the re-reads
+    of the candidates and the ``select`` scores). ``note`` says what was skipped and why (empty
+    mask, no stage 2 configured, δ = 0, ablation, the gate, a revert). A map switched off by the
+    ``ablation`` config is its neutral result (P = 1 / D = 0, score NaN). ``gate`` is the refiner
+    gate's decision (verdict ``""`` when no gate is configured). ``pq``, ``aq``, ``mask``, the
+    strengths and the stage results are those of the input and the first round.
+
+    Verification (:class:`~grefine.config.VerifyConfig`): ``pq_after`` / ``aq_after`` are the maps
+    of the output (None when ``verify`` is off; the input's own when the output is the input);
+    ``verify`` is ``kept``, ``reverted`` (the output is the input, unchanged) or ``""`` (off, or not
+    refined by the gate); ``candidates`` counts the images refined (N per round, one when stage 1
+    had an empty mask), ``rounds`` the rounds run, ``verify_rounds`` their verdicts. ``outside``:
+    the share of the pixels outside the stage-1 mask that changed, and their PSNR
+    (:func:`~grefine.refine.verify.outside_mask`), for every image.
     """
 
     image: Image.Image
@@ -109,9 +125,17 @@ class GRefineOutput:
     timings: dict[str, float] = field(default_factory=dict)
     note: str = ""
     gate: GateDecision = field(default_factory=GateDecision)
+    pq_after: Optional[PQMapResult] = None
+    aq_after: Optional[AQMapResult] = None
+    verify: str = ""
+    candidates: int = 0
+    rounds: int = 0
+    verify_rounds: tuple[VerifyRound, ...] = ()
+    outside: OutsideMask = OutsideMask(math.nan, math.nan)
 
     def summary(self) -> dict[str, object]:
-        """The scalar columns of a ``results.csv`` row."""
+        """The scalar columns of a ``results.csv`` row (``p_after``/``a_after`` empty when
+        ``verify`` is off)."""
         return {
             "p": self.pq.score,
             "a": self.aq.score,
@@ -123,9 +147,48 @@ class GRefineOutput:
             "maps_seconds": self.timings.get("maps", 0.0),
             "stage1_seconds": self.timings.get("stage1", 0.0),
             "stage2_seconds": self.timings.get("stage2", 0.0),
+            "verify_seconds": self.timings.get("verify", 0.0),
             "note": self.note,
             "gate": self.gate.verdict,
+            "p_after": None if self.pq_after is None else self.pq_after.score,
+            "a_after": None if self.aq_after is None else self.aq_after.score,
+            "verify": self.verify,
+            "candidates": self.candidates,
+            "rounds": self.rounds,
+            "changed_outside_mask": self.outside.changed,
+            "psnr_outside_mask": self.outside.psnr,
         }
+
+
+@dataclass
+class _Candidate:
+    """One refinement of a round's input: stage 1 with ``seed``, then stage 2 with ``seed + 1``."""
+
+    image: Image.Image
+    stage1: Stage1Result
+    seed: int
+
+
+@dataclass
+class _Round:
+    """One pass of Eq. 9-10 over an image: its mask and strengths, and its candidates."""
+
+    mask: MaskResult
+    strength1: float
+    strength2: float
+    stage2_steps: int
+    candidates: list[_Candidate]
+    notes: list[str]
+
+
+@dataclass
+class _Read:
+    """An image with its maps and its ``verify.select`` score."""
+
+    image: Image.Image
+    pq: PQMapResult
+    aq: AQMapResult
+    score: float
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,24 +220,32 @@ class GRefinePipeline:
         stage1: InpaintStage1,
         stage2: Optional[Stage2] = None,
         config: Optional[GRefineConfig] = None,
+        select_metric: Optional[SelectMetric] = None,
     ) -> None:
         self.pq_map = pq_map
         self.aq_map = aq_map
         self.stage1 = stage1
         self.stage2 = stage2
         self.config = config or GRefineConfig()
+        self.select_metric = select_metric
+        _require_select_metric(self.config, select_metric)
 
     @classmethod
-    def from_pretrained(cls, config: Union[str, Path, dict, GRefineConfig] = "configs/default.yaml") -> "GRefinePipeline":
+    def from_pretrained(
+        cls, config: Union[str, Path, dict, GRefineConfig] = "configs/default.yaml", *, select_metric: Optional[SelectMetric] = None
+    ) -> "GRefinePipeline":
         """Build every component from a YAML config (path), a dict, or a :class:`GRefineConfig`.
 
-        Checks all weights first and, when some are missing and the hub is unreachable, raises
-        one :class:`~grefine.weights.WeightsUnavailableError` listing them all.
+        ``select_metric``: the metric that ``verify.select`` names, when it names one (e.g.
+        ``grefine.eval.metrics.create_metric("musiq")``); checked before any model loads. Checks
+        all weights first and, when some are missing and the hub is unreachable, raises one
+        :class:`~grefine.weights.WeightsUnavailableError` listing them all.
         """
         if isinstance(config, (str, Path)):
             config = GRefineConfig.from_yaml(config)
         elif isinstance(config, dict):
             config = GRefineConfig.from_dict(config)
+        _require_select_metric(config, select_metric)
         check_weights(config)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
@@ -182,16 +253,23 @@ class GRefinePipeline:
         stage1 = _build_stage1(config, device, dtype)
         stage2 = _build_stage2(config, device, dtype)
         apply_speed(config.speed, [stage1.pipe] + ([stage2] if stage2 is not None else []))
-        return cls(pq_map, aq_map, stage1, stage2, config)
+        return cls(pq_map, aq_map, stage1, stage2, config, select_metric)
 
-    def __call__(self, image: ImageInput, prompt: str, *, seed: Optional[int] = None) -> GRefineOutput:
+    def __call__(
+        self, image: ImageInput, prompt: str, *, seed: Optional[int] = None, mask: Optional[MaskResult] = None
+    ) -> GRefineOutput:
         """Refine one image: a PIL image, a path, an H×W×3 uint8 array or a C×H×W float tensor
         in [0, 1] (:func:`~grefine.image_io.as_rgb_image`), at most ``config.max_pixels``.
-        ``seed`` (default: the config's) makes the result reproducible."""
+        ``seed`` (default: the config's) makes the result reproducible; with ``verify`` on, the
+        candidates of round r (from 0) take the seeds ``seed + r·N + i``, i < N. ``mask``
+        replaces Eq. 9's stage-1 mask of the first round (e.g. one edited by hand,
+        :func:`~grefine.refine.mask.feathered`), at the image's size; the maps, the strength, the
+        gate and the verification are as usual."""
         config = self.config
         seed = config.seed if seed is None else seed
-        n1, n2 = config.steps
         image = as_rgb_image(image, max_pixels=config.max_pixels)
+        if mask is not None and mask.binary.shape != (image.height, image.width):
+            raise ValueError(f"mask is {mask.binary.shape[1]}x{mask.binary.shape[0]}, the image {image.width}x{image.height}: give a mask of the image's size")
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -200,33 +278,57 @@ class GRefinePipeline:
 
         gate = gate_decision(pq.score, aq.score, config.gate)
         if not gate.refines:
-            return _unrefined(image, pq, aq, gate, timings)
+            return _unrefined(image, pq, aq, gate, timings, verified=config.verify.enabled)
+        if config.verify.enabled:
+            return self._verified(image, prompt, pq, aq, seed, gate, timings, mask)
+        first = self._refine(image, aq, *self._decide(pq, aq, timings, mask), [seed], timings)
+        [candidate] = first.candidates
+        return _output(image, candidate.image, first, pq, aq, gate, timings, weight=first.mask.soft, rounds=1)
 
+    def _decide(
+        self, pq: PQMapResult, aq: AQMapResult, timings: dict[str, float], mask: Optional[MaskResult] = None
+    ) -> tuple[MaskResult, float]:
+        """Eq. 9's decisions from the maps: the mask ``Bi(1 − P + D)`` (unless one is given) and
+        the stage-1 strength."""
+        config = self.config
         start = time.perf_counter()
-        mask = binarize(
-            pq.map,
-            aq.defect_map,
-            perceptual_bound=config.mask.perceptual_bound,
-            alignment_bound=config.mask.alignment_bound,
-            dilation=config.mask.dilation,
-            feather=config.mask.feather,
-        )
+        if mask is None:
+            mask = binarize(
+                pq.map,
+                aq.defect_map,
+                perceptual_bound=config.mask.perceptual_bound,
+                alignment_bound=config.mask.alignment_bound,
+                dilation=config.mask.dilation,
+                feather=config.mask.feather,
+            )
         strength1 = stage1_strength(
             None if config.ablation.drop_pq_map else pq.score,
             None if config.ablation.drop_aq_map else aq.score,
             min_strength=config.stage1.min_strength,
             max_strength=config.stage1.max_strength,
         )
-        timings["mask"] = time.perf_counter() - start
+        _add(timings, "mask", time.perf_counter() - start)
+        return mask, strength1
 
+    def _refine(
+        self, image: Image.Image, aq: AQMapResult, mask: MaskResult, strength1: float, seeds: list[int], timings: dict[str, float]
+    ) -> _Round:
+        """Eq. 10 on ``image``: stage 1 once per seed (several seeds: one batched call,
+        :meth:`~grefine.refine.stage1.InpaintStage1.candidates`; an empty mask: one candidate,
+        stage 1 has nothing to vary), then stage 2 on each candidate with its seed + 1."""
+        config = self.config
+        n1, n2 = config.steps
         stage1_prompt = aq.emphasized_prompt.with_suffix(config.stage1.prompt_suffix)
-        stage1 = self.stage1(
-            image, stage1_prompt, mask, strength=strength1, num_steps=n1, guidance_scale=config.stage1.guidance_scale, seed=seed
-        )
-        timings["stage1"] = stage1.seconds
-        notes = [] if stage1.ran else ["stage 1 skipped: empty mask"]
+        options = {"strength": strength1, "num_steps": n1, "guidance_scale": config.stage1.guidance_scale}
+        if mask.is_empty or len(seeds) == 1:
+            seeds = seeds[:1]
+            firsts = [self.stage1(image, stage1_prompt, mask, seed=seeds[0], **options)]
+        else:
+            firsts = self.stage1.candidates(image, stage1_prompt, mask, seeds=seeds, **options)
+        _add(timings, "stage1", firsts[0].seconds)
+        notes = [] if firsts[0].ran else ["stage 1 skipped: empty mask"]
 
-        refined, strength2, stage2_steps = stage1.image, config.stage2.strength, 0
+        images, strength2, stage2_steps = [first.image for first in firsts], config.stage2.strength, 0
         start = time.perf_counter()
         if config.ablation.drop_stage2:
             notes.append("stage 2 dropped (ablation)")
@@ -237,22 +339,87 @@ class GRefinePipeline:
         else:
             # PASD runs round(δ·N) of an N-step schedule (like img2img): pick N so that n2 run.
             schedule = max(n2, round(n2 / strength2))
-            generator = torch.Generator("cpu").manual_seed(seed + 1)
-            refined = self.stage2(refined, aq.clean_prompt, strength=strength2, num_inference_steps=schedule, generator=generator)
+            images = [
+                self.stage2(
+                    first.image,
+                    aq.clean_prompt,
+                    strength=strength2,
+                    num_inference_steps=schedule,
+                    generator=torch.Generator("cpu").manual_seed(seed + 1),
+                )
+                for first, seed in zip(firsts, seeds)
+            ]
             stage2_steps = round(strength2 * schedule)
-        timings["stage2"] = time.perf_counter() - start
-        return GRefineOutput(
-            image=refined,
-            pq=pq,
-            aq=aq,
-            mask=mask,
-            strength1=strength1,
-            strength2=strength2 if stage2_steps else 0.0,
-            stage1=stage1,
-            stage2_steps=stage2_steps,
-            timings=timings,
-            note="; ".join(notes),
-            gate=gate,
+        _add(timings, "stage2", time.perf_counter() - start)
+        candidates = [_Candidate(refined, first, seed) for refined, first, seed in zip(images, firsts, seeds)]
+        return _Round(mask, strength1, strength2 if stage2_steps else 0.0, stage2_steps, candidates, notes)
+
+    def _verified(
+        self,
+        image: Image.Image,
+        prompt: str,
+        pq: PQMapResult,
+        aq: AQMapResult,
+        seed: int,
+        gate: GateDecision,
+        timings: dict[str, float],
+        first_mask: Optional[MaskResult] = None,
+    ) -> GRefineOutput:
+        """The ``verify`` section (:class:`~grefine.config.VerifyConfig`): rounds of N candidates,
+        each re-read by both maps in one batch (one image-tower pass per candidate; the texts are
+        those of the input, already encoded) and scored by ``select``; the best is kept when it
+        beats the round's input by more than ``margin`` (or ``revert_if_worse`` is off). A next
+        round starts from the kept result and its new maps, when it improved and its mask is not
+        empty. ``first_mask`` replaces the first round's Eq. 9 mask."""
+        verify = self.config.verify
+        select = Selector(verify.select, self.select_metric, self.config.metric_resolution)
+        start = time.perf_counter()
+        current = _Read(image, pq, aq, select(image, prompt, pq.score, aq.score))
+        timings["verify"] = time.perf_counter() - start
+        rounds: list[tuple[_Round, VerifyRound]] = []
+        weights: list[np.ndarray] = []
+        notes: list[str] = []
+        for index in range(verify.rounds):
+            mask, strength1 = self._decide(current.pq, current.aq, timings, first_mask if index == 0 else None)
+            if index and mask.is_empty:
+                notes.append(f"verify: stopped after round {index}: the result's mask is empty")
+                break
+            seeds = [seed + index * verify.candidates + i for i in range(verify.candidates)]
+            made = self._refine(current.image, current.aq, mask, strength1, seeds, timings)
+            start = time.perf_counter()
+            refined = [candidate.image for candidate in made.candidates]
+            maps = self.maps(refined, [prompt] * len(refined))  # one batch: one tower pass per candidate
+            reads = [_Read(after, p, a, select(after, prompt, p.score, a.score)) for after, (p, a) in zip(refined, maps)]
+            scores = [read.score for read in reads]
+            record = judge(current.score, scores, margin=verify.margin, revert_if_worse=verify.revert_if_worse, mask_area=mask.coverage)
+            timings["verify"] += time.perf_counter() - start
+            rounds.append((made, record))
+            if record.kept:
+                current = reads[record.best]
+                weights.append(mask.soft)
+            if not record.improved:
+                if index:
+                    notes.append(f"verify: round {index + 1} did not improve on {verify.select}: stopped")
+                break
+        if not weights:
+            notes.append(f"verify: reverted (no candidate beat the input on {verify.select} by more than {verify.margin:g}): the input returned unchanged")
+        first, first_record = rounds[0]
+        return _output(
+            image,
+            current.image if weights else image.copy(),
+            first,
+            pq,
+            aq,
+            gate,
+            timings,
+            weight=np.maximum.reduce(weights) if weights else None,
+            rounds=len(rounds),
+            notes=notes,
+            after=(current.pq, current.aq),
+            verdict="kept" if weights else "reverted",
+            made=sum(len(made.candidates) for made, _ in rounds),
+            records=tuple(record for _, record in rounds),
+            stage1=first.candidates[first_record.best].stage1,
         )
 
     def maps(
@@ -280,8 +447,11 @@ class GRefinePipeline:
         return list(zip(pq, aq))
 
 
-def _unrefined(image: Image.Image, pq: PQMapResult, aq: AQMapResult, gate: GateDecision, timings: dict[str, float]) -> GRefineOutput:
-    """The output for an image the gate does not refine: the input unchanged, no mask, no stage run."""
+def _unrefined(
+    image: Image.Image, pq: PQMapResult, aq: AQMapResult, gate: GateDecision, timings: dict[str, float], *, verified: bool
+) -> GRefineOutput:
+    """The output for an image the gate does not refine: the input unchanged, no mask, no stage
+    run (with ``verify`` on, its scores after are its own)."""
     untouched = image.copy()
     timings.update(mask=0.0, stage1=0.0, stage2=0.0)
     return GRefineOutput(
@@ -296,7 +466,73 @@ def _unrefined(image: Image.Image, pq: PQMapResult, aq: AQMapResult, gate: GateD
         timings=timings,
         note=gate.reason,
         gate=gate,
+        pq_after=pq if verified else None,
+        aq_after=aq if verified else None,
+        outside=outside_mask(image, untouched, None),
     )
+
+
+def _output(
+    image: Image.Image,
+    output: Image.Image,
+    first: _Round,
+    pq: PQMapResult,
+    aq: AQMapResult,
+    gate: GateDecision,
+    timings: dict[str, float],
+    *,
+    weight: Optional[np.ndarray],
+    rounds: int,
+    notes: Sequence[str] = (),
+    after: tuple[Optional[PQMapResult], Optional[AQMapResult]] = (None, None),
+    verdict: str = "",
+    made: int = 1,
+    records: tuple[VerifyRound, ...] = (),
+    stage1: Optional[Stage1Result] = None,
+) -> GRefineOutput:
+    """The output of a refined image: the first round's decisions, ``output``, and the proof
+    outside ``weight`` (the union of the kept rounds' paste-back weights; None: nothing kept),
+    judged at the input's size (an output of another size, ``stage1.output_size: working`` as
+    in the authors' notebook, is resized to it first)."""
+    judged = output if output.size == image.size else output.resize(image.size, Image.LANCZOS)
+    return GRefineOutput(
+        image=output,
+        pq=pq,
+        aq=aq,
+        mask=first.mask,
+        strength1=first.strength1,
+        strength2=first.strength2,
+        stage1=stage1 or first.candidates[0].stage1,
+        stage2_steps=first.stage2_steps,
+        timings=timings,
+        note="; ".join([*first.notes, *notes]),
+        gate=gate,
+        pq_after=after[0],
+        aq_after=after[1],
+        verify=verdict,
+        candidates=made,
+        rounds=rounds,
+        verify_rounds=records,
+        outside=outside_mask(image, judged, weight),
+    )
+
+
+def _add(timings: dict[str, float], key: str, seconds: float) -> None:
+    timings[key] = timings.get(key, 0.0) + seconds
+
+
+def _require_select_metric(config: GRefineConfig, metric: Optional[SelectMetric]) -> None:
+    """A metric is given exactly when ``verify.select`` names one, and it is that metric (before
+    any model loads: a pipeline never runs without the scorer its config asks for)."""
+    wanted = config.verify.metric
+    if wanted is None and metric is not None:
+        raise ConfigError(f"config {config.source}: a select_metric ({metric.name}) was given but verify.select is not a metric (verify: enabled {config.verify.enabled}, select {config.verify.select}).")
+    if wanted is not None and (metric is None or metric.name.lower() != wanted.lower()):
+        raise ConfigError(
+            f"config {config.source}: verify.select names the metric {wanted}: create it and pass it, "
+            f"GRefinePipeline.from_pretrained(config, select_metric=grefine.eval.metrics.create_metric({wanted!r})) "
+            "(scripts/refine.py and scripts/benchmark.py do)."
+        )
 
 
 def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) -> tuple[PQMap, AQMap]:

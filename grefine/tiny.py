@@ -84,6 +84,9 @@ def build_tiny_coca(seed: int = 0) -> nn.Module:
             image_size=32, layers=1, width=32, head_width=16, patch_size=8, attentional_pool=True, attn_pooler_heads=2, output_tokens=True
         ),
     ).eval()
+    # open_clip leaves the multimodal decoder's output projection uninitialised (torch.empty; a
+    # checkpoint fills it): initialise it as CLIP's, so the model is a function of the seed alone.
+    nn.init.normal_(model.text_decoder.text_projection, std=model.text_decoder.text_projection.shape[0] ** -0.5)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))

@@ -11,10 +11,14 @@ unpacked download ``--root`` (images are found by file name anywhere under it; m
 prompt-less rows are reported and skipped; a record that cannot be refined becomes a failed row),
 takes a reproducible sample (``--limit N --seed S``: the paper refines 3,000 images of DiffusionDB
 and of GenImage, AGIQA-1K/3K whole), and refines it with one method (``configs/methods/``:
-g-refine, g-refine-notebook, the Table 8 ablations g-refine-aq-only, g-refine-pq-only and
+g-refine, g-refine-notebook, g-refine-never-worse, the Table 8 ablations g-refine-aq-only, g-refine-pq-only and
 g-refine-stage1-only, identity, sdxl-refiner, sdxl-img2img, sdxl-inpaint-full, pasd; or a method YAML) into ``DIR/<database>/<method>/``: the refined images, ``results.csv`` (one row per
-image, every metric before and after) and ``summary.csv`` / ``summary.md`` (per metric the means
-before and after, the change, images improved/worsened, † negative optimisation). Then
+image, every metric before and after), ``summary.csv`` / ``summary.md`` (per metric the means
+before and after, the change, images improved/worsened, † negative optimisation, the
+negative-optimisation rate = the share of images made worse; for a method with ``verify``, e.g.
+g-refine-never-worse, the share of images reverted) and ``report.html`` (every image
+before/after, its maps and scores), with ``DIR/<database>/report.html`` showing the database's
+methods side by side per image and ``DIR/report.html`` linking them all. Then
 ``python scripts/make_tables.py DIR`` gathers every database × method into the paper's tables.
 
 Metrics: the paper's 13 by default; those that cannot be created here are recorded per row in
@@ -47,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
 from grefine.bench.benchmark import benchmark_folder, run_benchmark  # noqa: E402
+from grefine.bench.report import benchmark_report  # noqa: E402
 from grefine.data.databases import DatabaseError, SkippedRecordsWarning, list_databases, load_database  # noqa: E402
 from grefine.bench.methods import check_method_weights, load_method, tiny_random_overrides  # noqa: E402
 from grefine.eval.metrics import PAPER_METRICS, check_metric_names  # noqa: E402
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 metric_resolution=args.metric_resolution,
                 prefetch=args.prefetch,
                 progress=not args.no_progress and state.is_local_main_process,
+                report=benchmark_report,
             ),
             processes=Processes.from_accelerate(state),
             report=lambda line: print(f"benchmark: {line}", file=sys.stderr),
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark: results.csv also holds {result.other_rows} row(s) of images outside this run (an earlier sample); the summary includes them.", file=sys.stderr)
         print(
             f"benchmark: {len(run.done)} refined, {len(run.skipped)} already done, {len(run.failed)} failed -> "
-            f"{printable(str(result.folder))} (results.csv, summary.csv, summary.md)"
+            f"{printable(str(result.folder))} (results.csv, summary.csv, summary.md, report.html; the methods side by side: "
+            f"{printable(str(result.folder.parent / 'report.html'))})"
         )
     return result.run.exit_code
 

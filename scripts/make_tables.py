@@ -7,7 +7,9 @@
 each method's ``summary.csv`` / ``summary.md`` next to its results, and ``DIR/tables.md``,
 ``DIR/tables.tex`` and ``DIR/chart_<database>.png``: one table per database, rows = methods,
 columns = the paper's indicators; best bold, second underlined, † negative optimisation, and
-each method's count of first and second places. Exit status 2 when DIR holds no results.
+each method's count of first and second places; under each table the negative-optimisation rate
+(per method and metric, the share of images made worse) and the share of images ``verify``
+reverted. Exit status 2 when DIR holds no results.
 """
 from __future__ import annotations
 

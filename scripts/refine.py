@@ -6,14 +6,15 @@
                              [--prefetch N]
 
 Prompts come from ``--prompts`` (CSV with ``name,prompt`` columns, or JSONL) or from sidecar
-``<image stem>.txt`` files. Writes the refined images under their own names, quality maps under
-``maps/``, and ``results.csv``. Without ``--input`` a small built-in example set (scikit-image's
+``<image stem>.txt`` files. Writes the refined images under their own names, quality maps and
+phrase tables under ``maps/``, ``results.csv``, and ``report.html`` (open it in a browser; it is
+rewritten as the run goes). Without ``--input`` a small built-in example set (scikit-image's
 sample photos, each with a prompt) is refined into ``./grefine-demo/``.
 Several processes split the folder: ``accelerate launch --multi_gpu --num_processes N scripts/refine.py ...``
 (also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
 
-Everything (options, config, prompts, folders, metric names, an earlier results.csv) is checked
-before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
+Everything (options, config, prompts, folders, metric names, the metric ``verify.select`` names,
+an earlier results.csv) is checked before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
 row in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from grefine.bench.report import run_report  # noqa: E402
 from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, RunInputError, printable  # noqa: E402
 from grefine.run.runner import Models, Processes, RunOptions, run_items  # noqa: E402
@@ -76,14 +78,24 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
     return check_metric_names(names, where)
 
 
+def check_verify(config: GRefineConfig) -> None:
+    """A metric that ``verify.select`` names is one of the registry's no-reference metrics (no model is built)."""
+    if config.verify.metric is not None:
+        from grefine.eval.metrics import check_select_metric
+
+        check_select_metric(config.verify.metric, f"verify.select in {config.source}")
+
+
 def loader(config: GRefineConfig, names: list[str], report: bool):
     """The ``load`` of :func:`grefine.run.runner.run_items`: the pipeline and the metrics, on the config's device."""
 
     def load() -> Models:
-        from grefine.eval.metrics import create_metrics
-        from grefine.pipeline import GRefinePipeline
+        from grefine.eval.metrics import create_metrics, create_select_metric
+        from grefine.pipeline import GRefinePipeline, resolve_device
 
-        pipeline = GRefinePipeline.from_pretrained(config)
+        select = config.verify.metric
+        select_metric = create_select_metric(select, device=resolve_device(config.device)) if select else None
+        pipeline = GRefinePipeline.from_pretrained(config, select_metric=select_metric)
         metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)
         for name, reason in failures.items():
             if report:
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args)
         names = metric_names(args, config)
+        check_verify(config)
         check_encoding(args.prompt_encoding)
         import torch
         from accelerate import PartialState
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 metric_resolution=config.metric_resolution,
                 prefetch=config.prefetch,
                 progress=not args.no_progress and state.is_local_main_process,
+                report=run_report,
             ),
             processes=Processes.from_accelerate(state),
         )
@@ -140,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         print(
             f"grefine: {len(summary.done)} refined, {len(summary.skipped)} already done, "
-            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))})"
+            f"{len(summary.failed)} failed -> {printable(str(output))} (results: {printable(str(summary.results_csv))}; "
+            f"open {printable(str(output / 'report.html'))} in a browser)"
         )
     return summary.exit_code
 

@@ -126,6 +126,10 @@ def test_two_methods_then_the_tables_then_resume(agiqa3k, tmp_path, capsys, load
     assert set(summary) == {"psnr", "ssim", "piqe"} and summary["psnr"]["worsened"] == "4"
     assert summary["psnr"]["negative_optimisation"] == "True" and summary["piqe"]["lower_better"] == "True"
     assert loads == ["identity", "g-refine"]
+    # report.html: each method's, the two methods side by side per image (before | after each), the index
+    assert all((out / "agiqa3k" / method / "report.html").is_file() for method in ("identity", "g-refine")) and (out / "report.html").is_file()
+    comparison = (out / "agiqa3k" / "report.html").read_text(encoding="utf-8")
+    assert comparison.count('<article class="card"') == 4 and comparison.count('<div class="compare"') == 8
 
     assert TABLES.main([str(out)]) == 0
     tables = (out / "tables.md").read_text(encoding="utf-8")
@@ -156,6 +160,34 @@ def test_table8_one_generator_with_an_ablation_method(agiqa3k, tmp_path, capsys,
     assert loads == ["g-refine-stage1-only"]
     assert _run(*common[:-1], "SD1.5_*", "--method", "identity") == 2  # patterns are case-sensitive
     assert "no record name matches SD1.5_* (names look like: AttnGAN_normal_000.jpg" in capsys.readouterr().err
+
+
+def test_the_never_worse_method_reports_its_reverted_share_and_negative_optimisation_rates(agiqa3k, tmp_path, capsys, loads):
+    """configs/never-worse.yaml as a method: a reverted image is scored unchanged, the summary prints
+    the reverted share and make_tables the share of images each metric made worse."""
+    out = tmp_path / "bench"
+    common = ["--database", "agiqa3k", "--root", agiqa3k, "--output", out, "--match", "sd1.5_*,midjourney_*"]
+    assert _run(*common, "--method", "g-refine-never-worse", "--tiny-random", metrics="psnr") == 0
+    rows = _rows(out / "agiqa3k" / "g-refine-never-worse" / "results.csv")
+    reverted = [row["verify"] for row in rows.values()].count("reverted")
+    assert len(rows) == 2 and all(row["verify"] in ("kept", "reverted") for row in rows.values())
+    for row in rows.values():  # psnr against the input: inf when reverted, finite (worse) when kept
+        assert (row["psnr_after"] == row["psnr_before"]) == (row["verify"] == "reverted")
+    assert f"verify: {reverted} of 2 verified images reverted ({50.0 * reverted:.1f} %)" in capsys.readouterr().out
+    assert TABLES.main([str(out)]) == 0
+    tables = (out / "tables.md").read_text(encoding="utf-8")
+    assert "Negative-optimisation rate, AGIQA-3K (Table 5)" in tables
+    assert f"| g-refine-never-worse | {50.0 * (2 - reverted):.1f} % | {50.0 * reverted:.1f} % |" in tables
+    assert loads == ["g-refine-never-worse"]
+
+    config = tmp_path / "select-psnr.yaml"
+    config.write_text(f"base: {REPO / 'configs' / 'never-worse.yaml'}\nverify:\n  select: psnr\n")
+    method = tmp_path / "g-refine-psnr.yaml"
+    method.write_text(f"type: g-refine\nconfig: {config}\n")
+    assert _run(*common, "--method", method, "--tiny-random", metrics="psnr") == 2
+    err = capsys.readouterr().err
+    assert "verify.select in" in err and "psnr is a full-reference metric" in err and err.count("\n") == 1
+    assert loads == ["g-refine-never-worse"]  # refused before any model loads
 
 
 @pytest.mark.parametrize(

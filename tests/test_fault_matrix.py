@@ -64,10 +64,10 @@ def loads(monkeypatch, tiny_pipeline):
     """Model loads of this test: the module's tiny models, with the config each run asked for."""
     calls = []
 
-    def from_pretrained(config):
+    def from_pretrained(config, select_metric=None):
         calls.append(config)
         stage2 = tiny_pipeline.stage2 if config.stage2.type else None
-        return GRefinePipeline(tiny_pipeline.pq_map, tiny_pipeline.aq_map, tiny_pipeline.stage1, stage2, config)
+        return GRefinePipeline(tiny_pipeline.pq_map, tiny_pipeline.aq_map, tiny_pipeline.stage1, stage2, config, select_metric)
 
     monkeypatch.setattr(GRefinePipeline, "from_pretrained", staticmethod(from_pretrained))
     return calls
@@ -222,8 +222,8 @@ def shared_run(tmp_path_factory, tiny_pipeline):
     mask = os.umask(0o002)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(GRefinePipeline, "from_pretrained", staticmethod(lambda config: GRefinePipeline(
-                tiny_pipeline.pq_map, tiny_pipeline.aq_map, tiny_pipeline.stage1, tiny_pipeline.stage2, config)))
+            patch.setattr(GRefinePipeline, "from_pretrained", staticmethod(lambda config, select_metric=None: GRefinePipeline(
+                tiny_pipeline.pq_map, tiny_pipeline.aq_map, tiny_pipeline.stage1, tiny_pipeline.stage2, config, select_metric)))
             code = _main("--input", inputs, "--output", root / "out")
     finally:
         os.umask(mask)

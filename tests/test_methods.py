@@ -10,14 +10,13 @@ from PIL import Image
 
 from grefine.config import ConfigError, GRefineConfig
 from grefine.bench.methods import METHOD_TYPES, build_refiner, list_methods, load_method, tiny_random_overrides
+from grefine.run.runner import BASE_COLUMNS
 from grefine.weights import WeightsUnavailableError
 from tests.conftest import REPO
 
 TINY_GREFINE = str(REPO / "configs" / "tiny-random.yaml")
-SUMMARY_COLUMNS = {
-    "p", "a", "mask_area", "strength1", "strength2", "stage1_steps", "stage2_steps",
-    "maps_seconds", "stage1_seconds", "stage2_seconds", "note", "gate",
-}  # fmt: skip  (the scalar columns of the runner's results.csv)
+SUMMARY_COLUMNS = set(BASE_COLUMNS) - {"name", "output", "prompt", "total_seconds", "metric_errors", "error"}
+"""The scalar columns of the runner's results.csv that a refiner's summary gives."""
 
 
 def _tiny(name: str, **more):

@@ -178,10 +178,11 @@ def test_refine_script_with_tiny_random_config(tmp_path, capsys):
             "--config", str(REPO / "configs" / "tiny-random.yaml"), "--no-progress"]
     assert refine.main(args) == 1
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["one.png", "results.csv", "two.jpg"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["one.png", "report.html", "results.csv", "two.jpg"]
     for stem in ("one.png", "two.jpg"):
         for kind in ("pq", "aq_defect", "mask", "pq_overlay"):
             assert (out / "maps" / f"{stem}.{kind}.png").is_file()
+        assert json.loads((out / "maps" / f"{stem}.phrases.json").read_text(encoding="utf-8"))["phrases"]
     rows = _rows(out / "results.csv")
     assert rows["three.png"]["error"] and not rows["one.png"]["error"] and not rows["two.jpg"]["error"]
     assert float(rows["one.png"]["psnr_after"]) < float(rows["one.png"]["psnr_before"])

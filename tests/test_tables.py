@@ -69,10 +69,10 @@ def test_identity_gives_zero_deltas_in_summary_files(bench):
         rows = {row["metric"]: row for row in csv.DictReader(handle)}
     assert rows["brisque"] == {
         "metric": "brisque", "lower_better": "True", "images": "3", "mean_before": "30", "mean_after": "30",
-        "change": "0", "improved": "0", "worsened": "0", "unchanged": "3", "negative_optimisation": "False",
+        "change": "0", "improved": "0", "worsened": "0", "unchanged": "3", "negative_optimisation": "False", "worse_rate": "0",
     }  # fmt: skip
     markdown = (bench / "agiqa3k" / "identity" / "summary.md").read_text()
-    assert "# identity on agiqa3k" in markdown and "| brisque ↓ | 3 | 30.000 | 30.000 | +0 | 0 | 0 | 3 |" in markdown
+    assert "# identity on agiqa3k" in markdown and "| brisque ↓ | 3 | 30.000 | 30.000 | +0 | 0 | 0 | 3 | 0.0 % |" in markdown
 
 
 def test_table_ranks_marks_and_counts(bench):
@@ -104,7 +104,7 @@ def test_make_tables_writes_markdown_latex_charts_and_summaries(bench):
     latex = written.latex.read_text()
     assert "g-refine & \\textbf{0.7500} & \\underline{26.000} & 1 & 1 & 0 \\\\" in latex
     assert "sdxl-refiner & 0.5500$^\\dagger$ & \\textbf{12.000} & 1 & 0 & 1 \\\\" in latex
-    assert "BRISQ $\\downarrow$" in latex and latex.count("\\begin{tabular}") == 2
+    assert "BRISQ $\\downarrow$" in latex and latex.count("\\begin{tabular}") == 4  # per database: the means and the negative-optimisation rates
     assert [path.name for path in written.charts] == ["chart_genimage.png", "chart_agiqa3k.png"]
     with Image.open(written.charts[1]) as chart:
         assert chart.format == "PNG" and chart.width > 400

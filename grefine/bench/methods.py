@@ -7,17 +7,18 @@ type's settings. :func:`load_method` reads and checks it (no model is loaded);
 image, the input's size), ``.summary()`` (the scalar columns of a ``results.csv`` row) and
 ``.timings`` — the contract of :class:`~grefine.pipeline.GRefinePipeline`.
 
-=================== ================= ======================================================
-method              type              what
-=================== ================= ======================================================
-g-refine            g-refine          :class:`~grefine.pipeline.GRefinePipeline`, configs/default.yaml
-g-refine-notebook   g-refine          the same, configs/authors-notebook.yaml
-identity            identity          the input unchanged (checks the harness: every change 0)
-sdxl-refiner        sdxl-refiner      SDXL-Refiner img2img over the whole image
-sdxl-img2img        sdxl-img2img      SDXL base img2img over the whole image
-sdxl-inpaint-full   sdxl-inpaint-full stage 1 (SDXL inpainting) with a whole-image mask
-pasd                pasd              stage 2 (PASD) alone at full strength
-=================== ================= ======================================================
+==================== ================= ======================================================
+method               type              what
+==================== ================= ======================================================
+g-refine             g-refine          :class:`~grefine.pipeline.GRefinePipeline`, configs/default.yaml
+g-refine-notebook    g-refine          the same, configs/authors-notebook.yaml
+g-refine-never-worse g-refine          the same, configs/never-worse.yaml (``verify`` on)
+identity             identity          the input unchanged (checks the harness: every change 0)
+sdxl-refiner         sdxl-refiner      SDXL-Refiner img2img over the whole image
+sdxl-img2img         sdxl-img2img      SDXL base img2img over the whole image
+sdxl-inpaint-full    sdxl-inpaint-full stage 1 (SDXL inpainting) with a whole-image mask
+pasd                 pasd              stage 2 (PASD) alone at full strength
+==================== ================= ======================================================
 
 The diffusion baselines run the paper's 20 iterations: 20 denoising steps *run* (like G-Refine's
 n1 + n2), the schedule being ``steps / strength`` long; their strengths are set, and explained, in
@@ -47,6 +48,7 @@ import yaml
 from PIL import Image
 
 from grefine.config import ConfigError, GRefineConfig, _build
+from grefine.eval.metrics import check_select_metric, create_select_metric
 from grefine.image_io import PathLike, as_rgb_image
 from grefine.pipeline import GRefinePipeline, resolve_device, resolve_dtype
 from grefine.refine.mask import MaskResult
@@ -73,7 +75,7 @@ TINY_RANDOM_CONFIG = METHODS_DIR.parent / "tiny-random.yaml"
 class GRefineSettings:
     """``type: g-refine``: ``config`` is a G-Refine YAML (relative to the method file);
     ``device``, when set, replaces the config's; ``tiny_random`` runs ``configs/tiny-random.yaml``'s
-    tiny models and sizes with the decisions of ``config`` (its ``ablation`` and ``gate``)."""
+    tiny models and sizes with the decisions of ``config`` (its ``ablation``, ``gate`` and ``verify``)."""
 
     config: str = "../default.yaml"
     device: Optional[str] = None
@@ -254,17 +256,21 @@ class PASDRefiner:
 
 def _grefine_config(method: MethodConfig) -> GRefineConfig:
     """The G-Refine config of a ``g-refine`` method, with the method's ``device`` when set
-    (``tiny_random``: the tiny config with the method's ablation and gate)."""
+    (``tiny_random``: the tiny config with the method's ablation, gate and verify)."""
     config = GRefineConfig.from_yaml(method.settings.config)
     if method.settings.tiny_random:
-        config = dataclasses.replace(GRefineConfig.from_yaml(TINY_RANDOM_CONFIG), ablation=config.ablation, gate=config.gate)
+        tiny = GRefineConfig.from_yaml(TINY_RANDOM_CONFIG)
+        config = dataclasses.replace(tiny, ablation=config.ablation, gate=config.gate, verify=config.verify)
     if method.settings.device:
         config.device = method.settings.device
     return config
 
 
 def _build_grefine(method: MethodConfig) -> GRefinePipeline:
-    return GRefinePipeline.from_pretrained(_grefine_config(method))
+    config = _grefine_config(method)
+    select = config.verify.metric
+    select_metric = create_select_metric(select, device=resolve_device(config.device)) if select else None
+    return GRefinePipeline.from_pretrained(config, select_metric=select_metric)
 
 
 def _build_identity(method: MethodConfig) -> IdentityRefiner:
@@ -442,9 +448,11 @@ def _check(s: Any, where: str) -> None:
     """Refuse bad settings before any model loads (the message names the file and key)."""
     if isinstance(s, GRefineSettings):
         try:
-            GRefineConfig.from_yaml(s.config)
+            config = GRefineConfig.from_yaml(s.config)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
+        if config.verify.metric is not None:
+            check_select_metric(config.verify.metric, f"{where}: verify.select in {s.config}")
         s.config = str(Path(s.config).resolve())
     if not isinstance(s, DiffusionSettings):
         return

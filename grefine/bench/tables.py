@@ -8,15 +8,20 @@ format). From it:
   change, how many images improved, worsened or kept their score, and the paper's
   *negative optimisation* mark (the mean after is worse than the mean before — lower for a
   higher-is-better metric, higher for BRISQUE, PIQE and the other lower-is-better metrics of
-  the registry, :func:`~grefine.eval.metrics.describe_metric`); written as ``summary.csv`` and
-  ``summary.md`` next to ``results.csv``. Rows with an ``error`` are left out; a metric's means
-  use the images that have both of its scores.
+  the registry, :func:`~grefine.eval.metrics.describe_metric`); per metric also the
+  *negative-optimisation rate*, the share of images it scores worse after refining; and, for a
+  G-Refine run with ``verify`` on, the share of the verified images that were reverted (returned
+  unchanged: results.csv's ``verify`` column). Written as ``summary.csv`` and ``summary.md`` next
+  to ``results.csv``. Rows with an ``error`` are left out; a metric's means use the images that
+  have both of its scores.
 * :func:`make_tables`: every database × method in the paper's layout — one table per database
   (GenImage, DiffusionDB, AGIQA-1K, AGIQA-3K first: Tables 2-5), a first row with the original
   images' scores, one row per method, the indicator columns in the paper's order (then any other
   metric); per column the best method in bold and the second underlined, negative optimisations
   marked †, and per method its count of first and second places and of negative optimisations
-  — as Markdown (``tables.md``) and LaTeX (``tables.tex``), plus one PNG chart per database
+  — as Markdown (``tables.md``) and LaTeX (``tables.tex``), each table followed by its
+  negative-optimisation rates (per method and metric, the share of images made worse, and the
+  reverted share of a method with ``verify``), plus one PNG chart per database
   (``chart_<database>.png``: each method's relative change per metric, improvement upwards).
 
 Ranks compare the values as printed (4 decimals below 1, else 5 significant digits, as the
@@ -82,11 +87,18 @@ class MetricSummary:
         """The paper's negative optimisation: the mean after is worse than the mean before."""
         return _better(self.mean_before, self.mean_after, self.lower_better)
 
+    @property
+    def worse_rate(self) -> float:
+        """The negative-optimisation rate: the share of the images this metric scores worse
+        after refining (NaN without images)."""
+        return self.worsened / self.images if self.images else math.nan
+
 
 @dataclass
 class MethodSummary:
-    """One ``results.csv``: its metrics, how many rows and failed rows, and the original
-    (before) score of every image per metric (for the table's original-images row)."""
+    """One ``results.csv``: its metrics, how many rows and failed rows, the original (before)
+    score of every image per metric (for the table's original-images row), and how many images
+    ``verify`` judged (``kept`` or ``reverted``) and reverted."""
 
     database: str
     method: str
@@ -94,6 +106,13 @@ class MethodSummary:
     failed: int
     metrics: dict[str, MetricSummary]
     before: dict[str, dict[str, float]] = field(default_factory=dict)
+    verified: int = 0
+    reverted: int = 0
+
+    @property
+    def reverted_share(self) -> Optional[float]:
+        """The share of the verified images that were returned unchanged; None without verification."""
+        return self.reverted / self.verified if self.verified else None
 
 
 def _better(a: float, b: float, lower_better: bool) -> bool:
@@ -143,7 +162,9 @@ def summarize_results(results_csv: Path, database: str = "", method: str = "") -
             worsened=sum(_better(b, a, lower) for _, b, a in pairs),
             unchanged=sum(a == b for _, b, a in pairs),
         )
-    return MethodSummary(database, method, len(rows), len(rows) - len(usable), metrics, before)
+    verdicts = [row.get("verify", "") for row in usable]
+    verified = sum(verdict in ("kept", "reverted") for verdict in verdicts)
+    return MethodSummary(database, method, len(rows), len(rows) - len(usable), metrics, before, verified, verdicts.count("reverted"))
 
 
 def write_summary(method_dir: Path) -> MethodSummary:
@@ -159,9 +180,11 @@ def write_summary(method_dir: Path) -> MethodSummary:
 def _summary_csv(summary: MethodSummary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["metric", "lower_better", "images", "mean_before", "mean_after", "change", "improved", "worsened", "unchanged", "negative_optimisation"])
+    writer.writerow(["metric", "lower_better", "images", "mean_before", "mean_after", "change", "improved", "worsened", "unchanged", "negative_optimisation", "worse_rate"])
     for m in summary.metrics.values():
-        writer.writerow([m.metric, m.lower_better, m.images, f"{m.mean_before:.6g}", f"{m.mean_after:.6g}", f"{m.change:.6g}", m.improved, m.worsened, m.unchanged, m.negative])
+        writer.writerow(
+            [m.metric, m.lower_better, m.images, f"{m.mean_before:.6g}", f"{m.mean_after:.6g}", f"{m.change:.6g}", m.improved, m.worsened, m.unchanged, m.negative, f"{m.worse_rate:.6g}"]
+        )
     return buffer.getvalue()
 
 
@@ -169,18 +192,21 @@ def _summary_markdown(summary: MethodSummary) -> str:
     lines = [
         f"# {summary.method} on {summary.database}",
         "",
-        f"{summary.rows} images, {summary.failed} failed (left out). {NEGATIVE_MARK} negative optimisation: the mean after is worse than before.",
+        f"{summary.rows} images, {summary.failed} failed (left out). {NEGATIVE_MARK} negative optimisation: the mean after is worse than before; "
+        "worse: the negative-optimisation rate, the share of images the metric scores worse after.",
         "",
-        "| metric | images | mean before | mean after | change | improved | worsened | unchanged |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| metric | images | mean before | mean after | change | improved | worsened | unchanged | worse |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in summary.metrics.values():
         arrow = "↓" if m.lower_better else "↑"
         mark = f" {NEGATIVE_MARK}" if m.negative else ""
         lines.append(
             f"| {m.metric} {arrow} | {m.images} | {format_value(m.mean_before)} | {format_value(m.mean_after)}{mark} "
-            f"| {'—' if math.isnan(m.change) else format(m.change, '+.4g')} | {m.improved} | {m.worsened} | {m.unchanged} |"
+            f"| {'—' if math.isnan(m.change) else format(m.change, '+.4g')} | {m.improved} | {m.worsened} | {m.unchanged} | {format_share(m.worse_rate)} |"
         )
+    if summary.verified:
+        lines += ["", f"verify: {summary.reverted} of {summary.verified} verified images reverted ({format_share(summary.reverted_share)}), returned unchanged."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,27 +223,35 @@ def format_value(value: Optional[float]) -> str:
     return f"{value:.{max(0, 4 - math.floor(math.log10(abs(value))))}f}"
 
 
+def format_share(value: Optional[float]) -> str:
+    """A share as a percentage with one decimal (``12.5 %``); "—" for no value."""
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f} %"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One method's mean after refinement for one metric, the mean before over the same images
-    (what ``negative`` compares with), and its marks."""
+    (what ``negative`` compares with), its marks, and its negative-optimisation rate."""
 
     value: Optional[float]
     before: Optional[float] = None
     first: bool = False
     second: bool = False
     negative: bool = False
+    worse_rate: Optional[float] = None
 
 
 @dataclass
 class DatabaseTable:
-    """One of the paper's tables: the original images' row and one row per method."""
+    """One of the paper's tables: the original images' row and one row per method, and each
+    method's reverted share (None: no verification)."""
 
     database: str
     metrics: list[str]
     lower_better: dict[str, bool]
     original: dict[str, Optional[float]]
     rows: dict[str, dict[str, Cell]]
+    reverted: dict[str, Optional[float]] = field(default_factory=dict)
 
     def count(self, method: str, mark: str) -> int:
         """How many cells of ``method`` are ``first``, ``second`` or ``negative``."""
@@ -258,7 +292,8 @@ def build_table(database: str, summaries: dict[str, MethodSummary]) -> DatabaseT
                 scores.setdefault(image, score)
         original[metric] = sum(scores.values()) / len(scores) if scores else None
     rows = {method: {metric: _cell(summary.metrics.get(metric)) for metric in metrics} for method, summary in summaries.items()}
-    table = DatabaseTable(database, metrics, lower, original, rows)
+    reverted = {method: summary.reverted_share for method, summary in summaries.items()}
+    table = DatabaseTable(database, metrics, lower, original, rows, reverted)
     for metric in metrics:
         _rank(table, metric)
     return table
@@ -267,7 +302,7 @@ def build_table(database: str, summaries: dict[str, MethodSummary]) -> DatabaseT
 def _cell(summary: Optional[MetricSummary]) -> Cell:
     if summary is None or not summary.images:
         return Cell(None)
-    return Cell(summary.mean_after, summary.mean_before, negative=summary.negative)
+    return Cell(summary.mean_after, summary.mean_before, negative=summary.negative, worse_rate=summary.worse_rate)
 
 
 def _rank(table: DatabaseTable, metric: str) -> None:
@@ -296,6 +331,23 @@ def table_markdown(table: DatabaseTable) -> str:
         cells = [_markdown_cell(row[m]) for m in table.metrics]
         counts = ["–", "–"] if method in UNRANKED else [str(table.count(method, "first")), str(table.count(method, "second"))]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {' | '.join(counts)} | {table.count(method, 'negative')} |")
+    return "\n".join(lines) + "\n\n" + worse_markdown(table)
+
+
+def worse_markdown(table: DatabaseTable) -> str:
+    """The table's negative-optimisation rates as Markdown: per method and metric the share of
+    images made worse, and the share of verified images reverted (— without ``verify``)."""
+    header = ["Method", *(_header(table, m) for m in table.metrics), "reverted"]
+    lines = [
+        f"Negative-optimisation rate, {table.title}: share of images each metric scores worse after refining; "
+        "reverted: share of the verified images returned unchanged (`verify`).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+    ]
+    for method, row in table.rows.items():
+        cells = [format_share(row[m].worse_rate) for m in table.metrics]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {format_share(table.reverted.get(method))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -330,6 +382,27 @@ def table_latex(table: DatabaseTable) -> str:
         cells = [_latex_cell(row[m]) for m in table.metrics]
         counts = ["--", "--"] if method in UNRANKED else [str(table.count(method, "first")), str(table.count(method, "second"))]
         lines.append(f"{_latex_escape(method)} & " + " & ".join(cells) + f" & {' & '.join(counts)} & {table.count(method, 'negative')} \\\\")
+    lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n" + worse_latex(table)
+
+
+def worse_latex(table: DatabaseTable) -> str:
+    """The table's negative-optimisation rates (:func:`worse_markdown`) as a LaTeX ``table``."""
+    header = ["Method", *(_header(table, m, latex=True) for m in table.metrics), "reverted"]
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{_latex_escape(table.title)}: negative-optimisation rate, the share of images each metric scores worse "
+        "after refining; reverted: the share of the verified images returned unchanged.}",
+        f"\\begin{{tabular}}{{l{'c' * (len(table.metrics) + 1)}}}",
+        "\\hline",
+        " & ".join(header) + " \\\\",
+        "\\hline",
+    ]
+    for method, row in table.rows.items():
+        cells = [_latex_escape(format_share(row[m].worse_rate)) for m in table.metrics]
+        reverted = _latex_escape(format_share(table.reverted.get(method)))
+        lines.append(f"{_latex_escape(method)} & " + " & ".join(cells) + f" & {reverted} \\\\")
     lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 

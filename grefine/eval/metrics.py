@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from grefine.errors import RunInputError
+from grefine.errors import MissingWeightsError, RunInputError
 
 #: The 13 indicators of the paper's tables, in column order.
 PAPER_METRICS = (
@@ -142,6 +142,35 @@ def check_metric_names(names: Sequence[str], where: str) -> list[str]:
             "the names are those of grefine.eval.metrics.list_metrics(), e.g. psnr, ssim, piqe, clipiqa, musiq."
         )
     return list(names)
+
+
+def check_select_metric(name: str, where: str) -> str:
+    """``name`` as the registry spells it, once it can rank refinements of one image (the config's
+    ``verify.select``): a known metric that needs no reference image. No model is built.
+
+    Raises:
+        RunInputError: one line naming ``where``: an unknown name (as :func:`check_metric_names`),
+            or a full-reference metric (it compares the refined image with the input, which
+            scores best against itself: nothing could ever beat the input).
+    """
+    check_metric_names([name], where)
+    traits = describe_metric(name)
+    if traits.full_reference:
+        raise RunInputError(
+            f"{where}: {traits.name} is a full-reference metric (it compares the refined image with the input, which "
+            "scores best against itself, so no refinement could beat it); choose pa, p, a or a no-reference metric, e.g. musiq, clipiqa, piqe."
+        )
+    return traits.name
+
+
+def create_select_metric(name: str, device: str | torch.device | None = None) -> Metric:
+    """The metric ``verify.select`` names (:func:`create_metric`); a run cannot verify without it,
+    so one that cannot be created here raises :class:`~grefine.errors.MissingWeightsError` (the
+    tools' refusal, exit 2) naming the config key."""
+    try:
+        return create_metric(name, device=device)
+    except MetricUnavailable as err:
+        raise MissingWeightsError(f"verify.select: {err}") from err
 
 
 def describe_metric(name: str) -> MetricTraits:

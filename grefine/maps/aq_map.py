@@ -438,7 +438,9 @@ class AQMap(nn.Module):
 
     def text_directions(self, texts: Sequence[str]) -> torch.Tensor:
         """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D): the features of the texts and
-        ``""`` that are not cached yet are encoded together, each once."""
+        ``""`` that are not cached yet are encoded together, each once; every text's features are
+        kept, so reading an image again for the same prompt (the re-read after refining) encodes
+        nothing."""
         features = self.text_features(["", *texts])
         return features[1:] - features[:1]
 

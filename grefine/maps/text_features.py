@@ -208,7 +208,7 @@ class TextFeatures:
         missing = [text for text in wanted if not self._remember(text)]
         missing = [text for text in missing if not self._load(text)]
         if missing:
-            for text, feature in zip(missing, self._encode(missing)):
+            for text, feature in zip(missing, self.encode(missing)):
                 self._store(text, feature)
         device = next(self.model.parameters()).device
         found = {text: self._memory[text] for text in wanted}
@@ -260,9 +260,10 @@ class TextFeatures:
             self._disk_failed = True
             warnings.warn(f"text-feature cache {self.cache_dir} cannot be written ({err}); keeping features in memory only.", stacklevel=3)
 
-    def _encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Features of ``texts`` (K, D), float32 on the CPU: each template row L2-normalised, then
-        (ensemble) averaged per text and L2-normalised again."""
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Features of ``texts`` (K, D) computed by the text tower, no cache read or written:
+        float32 on the CPU, each template row L2-normalised, then (ensemble) averaged per text and
+        L2-normalised again."""
         templates = self.templates
         rows = [template.format(text) for text in texts for template in templates]
         self._warn_truncated(texts)

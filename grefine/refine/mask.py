@@ -92,6 +92,18 @@ def binarize(
     binary = (P < perceptual_bound) | (D > alignment_bound)
     if dilation > 0 and binary.any():
         binary = ndimage.distance_transform_edt(~binary) <= dilation
+    return feathered(binary, feather)
+
+
+def feathered(binary: np.ndarray, feather: float) -> MaskResult:
+    """The :class:`MaskResult` of a binary mask (:func:`binarize`'s, or one edited by hand): its
+    paste-back weight is ``binary`` blurred by a Gaussian of σ = ``feather`` pixels (truncated
+    at 3 σ; 0: a hard paste-back)."""
+    binary = np.asarray(binary, dtype=bool)
+    if binary.ndim != 2:
+        raise ValueError(f"a mask must be an H×W array, got shape {binary.shape}")
+    if feather < 0:
+        raise ValueError(f"feather must be ≥ 0, got {feather}")
     soft = binary.astype(np.float32)
     if feather > 0:
         soft = ndimage.gaussian_filter(soft, sigma=feather, mode="constant", truncate=3.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
@@ -246,14 +246,58 @@ class InpaintStage1:
         """
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
+        if seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        return self._run(image, prompt, mask, strength, num_steps, guidance_scale, [generator])[0]
+
+    def candidates(
+        self,
+        image: Image.Image,
+        prompt: str | EmphasizedPrompt,
+        mask: MaskResult,
+        *,
+        strength: float,
+        seeds: Sequence[int],
+        num_steps: int = 10,
+        guidance_scale: float = 7.5,
+    ) -> list[Stage1Result]:
+        """N refinements of ``image`` with the N ``seeds``, in one batched pipeline call
+        (``num_images_per_prompt = N``): candidate ``i`` is, to rounding, what
+        ``self(image, prompt, mask, seed=seeds[i], ...)`` returns.
+
+        Why they agree: diffusers draws every random tensor of a batch from a list of
+        generators one sample at a time (``randn_tensor`` with a list: sample ``i`` from
+        generator ``i``, shape (1, ...)), the VAE-encoding samples included, as long as the image
+        batch holds one image per generator (``_encode_vae_image`` walks the image batch); so the
+        image is passed N times. Each generator then sees the draws of a single run in the same
+        order: image latents, noise, masked-image latents, then each scheduler step. Only the
+        batched arithmetic differs (rounding: 1/255 at most on the tiny models of the tests; an
+        image batch of one would leave generators 2..N without their VAE draws, and their
+        candidates would differ wholly). Each result's ``seconds`` is that of the whole batch.
+        """
+        if not seeds:
+            raise ValueError("need at least one seed")
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        return self._run(image, prompt, mask, strength, num_steps, guidance_scale, generators)
+
+    def _run(
+        self,
+        image: Image.Image,
+        prompt: str | EmphasizedPrompt,
+        mask: MaskResult,
+        strength: float,
+        num_steps: int,
+        guidance_scale: float,
+        generators: list[torch.Generator | None],
+    ) -> list[Stage1Result]:
+        """One pipeline call making ``len(generators)`` refinements (see :meth:`candidates`)."""
         image = image.convert("RGB")
         if mask.binary.shape != (image.height, image.width):
             raise ValueError(f"mask {mask.binary.shape} does not match image {image.size[::-1]}")
         start = time.perf_counter()
+        count = len(generators)
         if mask.is_empty and self.skip_empty_mask:
-            return Stage1Result(image.copy(), False, 0, strength, time.perf_counter() - start)
-        if seed is not None:
-            generator = torch.Generator("cpu").manual_seed(seed)
+            return [Stage1Result(image.copy(), False, 0, strength, time.perf_counter() - start) for _ in range(count)]
 
         width, height = self._working_size(image.size)
         mask_image = Image.fromarray(mask.binary.astype(np.uint8) * 255)
@@ -261,31 +305,39 @@ class InpaintStage1:
         mask_image = mask_image.resize((width, height), Image.BILINEAR).point(
             lambda v: 255 * (v > 0)
         )
+        working = image.resize((width, height), Image.LANCZOS)
         # "pipeline": no height/width, diffusers works at its default size (the notebook)
         size = {"height": height, "width": width} if self.working_mode == "fit" else {}
         counter = StepCounter()
         pixels = self.pipe(
-            image=image.resize((width, height), Image.LANCZOS),
+            image=working if count == 1 else [working] * count,
             mask_image=mask_image,
             **size,
             strength=strength,
             num_inference_steps=inference_steps_for(num_steps, strength),
             guidance_scale=guidance_scale,
-            generator=generator,
+            num_images_per_prompt=count,
+            generator=generators[0] if count == 1 else generators,
             callback_on_step_end=counter,
             output_type="np",
             **self._prompt_embeds(prompt),
         ).images
         if not np.isfinite(pixels).all():
             raise NonFiniteImageError.for_stage("stage 1 (SDXL inpainting)", self.pipe.unet.dtype)
-        generated = self.pipe.image_processor.numpy_to_pil(pixels)[0]
+        seconds = time.perf_counter() - start
+        return [
+            Stage1Result(self._output(image, generated, mask), True, counter.steps, strength, seconds)
+            for generated in self.pipe.image_processor.numpy_to_pil(pixels)
+        ]
+
+    def _output(self, image: Image.Image, generated: Image.Image, mask: MaskResult) -> Image.Image:
+        """Stage 1's image from SDXL's output: pasted back at the input's size (the paper
+        preset), SDXL's whole image at the input's size, or at its own (``output_size="working"``)."""
         if self.output_size == "working":
-            refined = generated
-        elif self.paste_back:
-            refined = paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
-        else:
-            refined = generated.resize(image.size, Image.LANCZOS)
-        return Stage1Result(refined, True, counter.steps, strength, time.perf_counter() - start)
+            return generated
+        if self.paste_back:
+            return paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
+        return generated.resize(image.size, Image.LANCZOS)
 
     def _working_size(self, size: tuple[int, int]) -> tuple[int, int]:
         multiple = NOTEBOOK_MULTIPLE if self.working_mode == "pipeline" else None

@@ -16,10 +16,16 @@ source that builds :class:`~grefine.run.sources.WorkItem` objects. Whatever the 
   given, rows of a killed multi-process run's part files); one bad item (unreadable, above
   ``max_pixels``, no prompt, a failure inside a model) becomes a row with its ``error`` and the
   run goes on;
-* writes faithful outputs (:func:`refine_one`): the input's format and metadata, a byte-for-byte
-  copy when the refiner changed no pixel, or PNG (``output_format="png"``, written as
+* writes faithful outputs (:func:`finish_item`): the input's format and metadata, a byte-for-byte
+  copy when the refiner changed no pixel (an image the gate left alone, or one that ``verify``
+  reverted), or PNG (``output_format="png"``, written as
   ``<name>.png``); the maps a result has (G-Refine's; a baseline has none) go to
-  ``maps/<name>.<kind>.png``, so no two items can collide;
+  ``maps/<name>.<kind>.png`` and its phrase table to ``maps/<name>.phrases.json``
+  (:func:`phrase_table`), so no two items can collide; each row names its input relative to the
+  output folder (``input``);
+* keeps a report up to date (:class:`RunOptions` ``report``, e.g. :func:`grefine.bench.report.run_report`): called
+  with the output folder when the run starts, as rows are recorded (at most every
+  ``report_every`` seconds) and at the end, so that ``report.html`` can be opened mid-run;
 * works at a bounded size: images above ``max_pixels`` are refused from their header, and the
   metrics score images downscaled to ``metric_resolution`` (the pipeline bounds its own stages);
 * keeps the refiner busy (:class:`RunOptions` ``prefetch``): items are decoded ahead of it and
@@ -33,6 +39,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
+import math
 import os
 import tempfile
 import time
@@ -61,6 +69,7 @@ from grefine.run.sources import WorkItem, scan_folder
 
 RunMode = Literal["new", "resume", "overwrite"]
 RESULTS_NAME = "results.csv"
+REPORT_NAME = "report.html"
 _MAPS: dict[str, tuple[str, Callable[[Any, Image.Image], Image.Image]]] = {
     "pq": ("pq", lambda pq, original: map_to_image(pq.map)),
     "aq_defect": ("aq", lambda aq, original: map_to_image(aq.defect_map)),
@@ -72,6 +81,7 @@ MAP_KINDS = tuple(_MAPS)
 BASE_COLUMNS = (
     "name",
     "output",
+    "input",
     "prompt",
     "p",
     "a",
@@ -83,9 +93,17 @@ BASE_COLUMNS = (
     "maps_seconds",
     "stage1_seconds",
     "stage2_seconds",
+    "verify_seconds",
     "total_seconds",
     "note",
     "gate",
+    "verify",
+    "p_after",
+    "a_after",
+    "candidates",
+    "rounds",
+    "changed_outside_mask",
+    "psnr_outside_mask",
     "metric_errors",
     "error",
 )
@@ -199,8 +217,17 @@ class RunPlan:
         """``<output>/maps/<name>.<kind>.png``: the full name, so ``x.png`` and ``x.jpg`` never share maps."""
         return self.output_dir / "maps" / f"{item.name}.{kind}.png"
 
+    def phrases_path(self, item: WorkItem) -> Path:
+        """``<output>/maps/<name>.phrases.json``: the item's phrase table (:func:`phrase_table`)."""
+        return self.output_dir / "maps" / f"{item.name}.phrases.json"
+
+    def input_reference(self, item: WorkItem) -> str:
+        """The item's input as a POSIX path relative to the output folder (the ``input`` column):
+        it stays valid when both folders move together."""
+        return Path(os.path.relpath(item.image.absolute(), self.output_dir.absolute())).as_posix()
+
     def outputs(self, item: WorkItem) -> list[Path]:
-        return [self.output_path(item), *(self.map_path(item, kind) for kind in MAP_KINDS)]
+        return [self.output_path(item), *(self.map_path(item, kind) for kind in MAP_KINDS), self.phrases_path(item)]
 
 
 def plan_run(
@@ -228,7 +255,7 @@ def plan_run(
     _check_names(plan.items)
     _check_output_folder(plan)
     planned = _check_outputs(plan, protected)
-    previous = _previous_rows(plan.output_dir)
+    previous = read_run_rows(plan.output_dir)
     if mode == "new":
         _refuse_to_replace(plan, previous, planned)
     try:
@@ -245,7 +272,7 @@ def _check_names(items: Sequence[WorkItem]) -> None:
     for item in items:
         name = printable(item.name)
         parts = PurePosixPath(item.name).parts
-        if not item.name or PurePosixPath(item.name).is_absolute() or ".." in parts or name in (RESULTS_NAME, LOCK_NAME):
+        if not item.name or PurePosixPath(item.name).is_absolute() or ".." in parts or name in (RESULTS_NAME, REPORT_NAME, LOCK_NAME):
             raise RunInputError(f"work item {name!r} ({item.image}): a name must be a relative path inside the output folder, without '..'.")
         if name in seen:
             raise RunInputError(f"two work items are named {name!r} ({seen[name]} and {item.image}); names must be unique.")
@@ -279,7 +306,7 @@ def _check_outputs(plan: RunPlan, protected: Sequence[Path]) -> list[Path]:
         except OSError:
             pass  # a missing input becomes that item's failed row
     owners: dict[Path, str] = {}
-    extra = [plan.results_csv, plan.output_dir / LOCK_NAME]
+    extra = [plan.results_csv, plan.output_dir / REPORT_NAME, plan.output_dir / LOCK_NAME]
     for item in plan.items:
         for path in plan.outputs(item):
             if path in owners:
@@ -351,8 +378,8 @@ def _part_files(output_dir: Path) -> list[Path]:
     return sorted(output_dir.glob("results.part*.csv")) if output_dir.is_dir() else []
 
 
-def _previous_rows(output_dir: Path) -> dict[str, dict[str, str]]:
-    """``results.csv`` and the part files a killed multi-process run left, merged."""
+def read_run_rows(output_dir: Path) -> dict[str, dict[str, str]]:
+    """``results.csv`` and the part files of a multi-process run (running, or killed), merged."""
     rows = read_results(output_dir / RESULTS_NAME)
     for part in _part_files(output_dir):
         rows.update(read_results(part))
@@ -362,7 +389,7 @@ def _previous_rows(output_dir: Path) -> dict[str, dict[str, str]]:
 def _merge_results(output_dir: Path, metric_names: Sequence[str]) -> None:
     """``results.csv`` := its rows and those of every part file (which are then removed)."""
     parts = _part_files(output_dir)
-    write_results(output_dir / RESULTS_NAME, _previous_rows(output_dir).values(), metric_names)
+    write_results(output_dir / RESULTS_NAME, read_run_rows(output_dir).values(), metric_names)
     for part in parts:
         part.unlink()
 
@@ -410,6 +437,12 @@ class RunOptions:
             the calling thread. ``results.csv`` is the same either way (rows in item order,
             the same errors); only the timing columns differ.
         progress: a tqdm bar.
+        report: called with the output folder (by the main process) when the run starts, after
+            a row is recorded when ``report_every`` seconds have passed since the last call (or
+            20 times the last call's own time, whichever is longer: a large folder's report is
+            not rebuilt after every image) and when the run ends; e.g. :func:`grefine.bench.report.run_report`,
+            which writes ``report.html``. An exception in it is reported once and the run goes on.
+        report_every: see ``report``.
     """
 
     seed: Optional[int] = 0
@@ -417,10 +450,14 @@ class RunOptions:
     metric_resolution: Optional[int] = None
     prefetch: int = 2
     progress: bool = True
+    report: Optional[Callable[[Path], object]] = None
+    report_every: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
             raise ValueError(f"RunOptions.prefetch must be an integer >= 0 (0: no worker threads), got {self.prefetch!r}.")
+        if not self.report_every >= 0:
+            raise ValueError(f"RunOptions.report_every must be >= 0 seconds, got {self.report_every!r}.")
 
 
 def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference: Optional[Image.Image], suffix: str, row: dict, errors: list[str]) -> None:
@@ -486,7 +523,16 @@ def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = ()
         source = getattr(result, attribute, None)
         if source is not None:  # a result without maps (a baseline) writes none
             save_image_atomic(draw(source, original), plan.map_path(item, kind))
-    row: dict[str, object] = {"name": item.name, "output": target.relative_to(plan.output_dir).as_posix(), "prompt": item.prompt, **result.summary()}
+    aq = getattr(result, "aq", None)
+    if aq is not None and hasattr(aq, "phrases"):
+        write_text_atomic(json.dumps(phrase_table(aq), indent=1, ensure_ascii=False, allow_nan=False), plan.phrases_path(item))
+    row: dict[str, object] = {
+        "name": item.name,
+        "output": target.relative_to(plan.output_dir).as_posix(),
+        "input": plan.input_reference(item),
+        "prompt": item.prompt,
+        **result.summary(),
+    }
     errors: list[str] = []
     original, image = fit_long_side(original, metric_resolution), fit_long_side(image, metric_resolution)
     _score(metrics, original, item.prompt, original, "before", row, errors)
@@ -497,12 +543,71 @@ def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = ()
     return row
 
 
+def _finite(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def phrase_table(aq: Any) -> dict[str, object]:
+    """The phrase table of an AQ-Map result (:class:`~grefine.maps.aq_map.AQMapResult`), as
+    written to ``maps/<name>.phrases.json``: the scores a (Eq. 8) and its whole-prompt term, the
+    emphasised prompt (Eq. 7, in ``(phrase:1.1)`` notation), and per phrase its text, scored
+    content, noun, ancestor (an index into the list), score a_phs and noun score a_pns (Eq. 5;
+    null when not scored), defect (Eq. 6: ``none``, ``noun_unmatched``, ``adjective_unmatched``)
+    and whether it is emphasised in stage 1's prompt. A score that is not a number (a dropped
+    map) is null."""
+    emphasized = set(aq.emphasized_prompt.phrases)
+    return {
+        "score": _finite(aq.score),
+        "prompt_score": _finite(aq.prompt_score),
+        "emphasized_prompt": str(aq.emphasized_prompt),
+        "phrases": [
+            {
+                "text": phrase.text,
+                "content": phrase.content,
+                "noun": phrase.noun,
+                "ancestor": phrase.ancestor,
+                "score": _finite(phrase.score),
+                "noun_score": _finite(phrase.noun_score),
+                "defect": phrase.defect,
+                "emphasized": phrase.defect != "none" and phrase.content in emphasized,
+            }
+            for phrase in aq.phrases
+        ],
+    }
+
+
 def _is_done(row: Optional[dict[str, str]], output: Path) -> bool:
     return bool(row) and not row.get("error") and output.is_file()
 
 
 def _failure(err: BaseException) -> str:
     return printable(str(err) if isinstance(err, RunItemError) else f"{type(err).__name__}: {err}")
+
+
+@dataclass
+class _ReportHook:
+    """:class:`RunOptions` ``report`` (None on the other processes): called when forced, or when
+    ``every`` seconds (at least 20 times its last call's own time) have passed since the last
+    call; an exception in it is reported once and never stops the run."""
+
+    report: Optional[Callable[[Path], object]]
+    every: float
+    _last: float = -math.inf
+    _cost: float = 0.0
+    _failed: bool = False
+
+    def __call__(self, folder: Path, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.report is None or not (force or now - self._last >= max(self.every, 20 * self._cost)):
+            return
+        try:
+            self.report(folder)
+        except Exception as err:  # the report must never stop a run
+            if not self._failed:
+                tqdm.write(f"[grefine] report not updated: {type(err).__name__}: {printable(str(err))}")
+            self._failed = True
+        self._last = time.monotonic()
+        self._cost = self._last - now
 
 
 class _InTurn:
@@ -533,6 +638,7 @@ class _Recorder:
     metric_names: Sequence[str]
     summary: RunSummary
     process: Optional[int]
+    report: _ReportHook
 
     def finished(self, refined: _Refined) -> None:
         try:
@@ -548,13 +654,14 @@ class _Recorder:
         key, message = printable(item.name), _failure(err)
         self.summary.failed[key] = message
         tqdm.write(f"[grefine] {key}: {message}")
-        self._record({"name": item.name, "prompt": item.prompt or "", "error": message})
+        self._record({"name": item.name, "input": self.plan.input_reference(item), "prompt": item.prompt or "", "error": message})
 
     def _record(self, row: dict) -> None:
         if self.process is not None:
             row["process"] = self.process
         self.rows[printable(str(row["name"]))] = row
         write_results(self.csv_path, self.rows.values(), self.metric_names)
+        self.report(self.plan.output_dir)
 
 
 def _refine_all(items: Sequence[WorkItem], models: Models, recorder: _Recorder, options: RunOptions) -> None:
@@ -591,9 +698,18 @@ def _refine_all(items: Sequence[WorkItem], models: Models, recorder: _Recorder, 
         bar.close()
 
 
-def execute(plan: RunPlan, models: Models, *, metric_names: Sequence[str] = (), options: RunOptions = RunOptions(), processes: Processes = Processes()) -> RunSummary:
+def execute(
+    plan: RunPlan,
+    models: Models,
+    *,
+    metric_names: Sequence[str] = (),
+    options: RunOptions = RunOptions(),
+    processes: Processes = Processes(),
+    report: Optional[_ReportHook] = None,
+) -> RunSummary:
     """Refine the plan's items (this process's share of them) with the loaded ``models``; the
-    caller holds the :class:`OutputLock`. ``metric_names``: every requested metric (the columns)."""
+    caller holds the :class:`OutputLock` and calls ``report`` (``options.report``, throttled)
+    once more when the run is over. ``metric_names``: every requested metric (the columns)."""
     final_csv = plan.results_csv
     if processes.index == 0:  # every row so far into results.csv, before any is rewritten
         _merge_results(plan.output_dir, metric_names)
@@ -615,7 +731,9 @@ def execute(plan: RunPlan, models: Models, *, metric_names: Sequence[str] = (), 
         metric_names=metric_names,
         summary=summary,
         process=None if single else processes.index,
+        report=report or _ReportHook(options.report if processes.index == 0 else None, options.report_every),
     )
+    recorder.report(plan.output_dir, force=True)
     _refine_all(mine, models, recorder, options)
     if single:
         return summary
@@ -643,7 +761,8 @@ def run_items(
     :class:`OutputLock` (a refusal reaches every process); ``load()`` builds the models (only
     now: a refused run loads nothing); :func:`execute` refines this process's share (decoding
     ahead and writing behind the refiner, :class:`RunOptions`) and the main process merges
-    ``results.csv``; the lock is released, also on errors. Exit status of a command built on it:
+    ``results.csv``; the lock is released, also on errors, and the report (``options.report``)
+    is written a last time. Exit status of a command built on it:
     ``summary.exit_code`` (0 or 1), 2 for a :class:`~grefine.errors.RunInputError`.
 
     Args:
@@ -668,10 +787,15 @@ def run_items(
     refusal = processes.share(refusal)
     if refusal:
         raise RunInputError(refusal)
+    report = _ReportHook(options.report if processes.index == 0 else None, options.report_every)
+    models = None
     try:
-        return execute(plan, load(), metric_names=metric_names, options=options, processes=processes)
+        models = load()
+        return execute(plan, models, metric_names=metric_names, options=options, processes=processes, report=report)
     finally:
         lock.release()
+        if models is not None:  # a run refused by load() (missing weights) writes nothing
+            report(plan.output_dir, force=True)
 
 
 def run_folder(
