@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     # prompt weighting of Eq. 7's emphasis for SDXL's two text encoders.
     "compel>=2.5",
     "pyiqa>=0.1.13",
+    "timm",  # pyiqa's backbones; grefine names the files TOPIQ's reads (grefine.eval.metric_weights)
     "numpy",
     "pillow",
     "pyyaml",

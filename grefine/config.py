@@ -33,8 +33,21 @@ from grefine.maps.aq_map import (
     EMPHASIS_WEIGHT,
 )
 from grefine.maps.clip_surgery import FEATURE_NORMS
+from grefine.maps.pq_embeddings import OFFICIAL
 from grefine.maps.pq_map import DEFAULT_ALPHA
 from grefine.maps.text_features import TEXT_ENCODINGS
+
+PASD_HUB_MODEL = "yangtao9009/PASD"
+"""The PASD authors' hub repository (stage 2's default ``pasd_model``)."""
+
+PASD_HUB_SUBFOLDER = "pasd/checkpoint-100000"
+"""Its folder of the ``pasd`` checkpoint (``unet/`` and ``controlnet/``), stage 2's default ``pasd_subfolder``."""
+
+DEFAULT_METRICS = ("topiq_nr", "musiq", "piqe", "psnr", "ssim")
+"""``metrics`` when a config names none: a light set (each metric's weights well under 1 GB) that
+fits beside the pipeline on a 24 GB GPU and still says whether an image got better — TOPIQ and
+MUSIQ (learned no-reference quality), PIQE (no weights), PSNR and SSIM against the input (how much
+changed). The paper's 13 indicators are :data:`grefine.eval.metrics.PAPER_METRICS`."""
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest image (width × height) a run accepts by default: 16.8 Mpx, e.g. 4096×4096 or 5000×3300."""
@@ -83,13 +96,15 @@ def one_of(*choices: object) -> dict:
 
 @dataclass
 class PQMapConfig:
-    """PQ-Map (Eq. 1-3). ``embeddings``: folder with the official ``PQ-*.pth`` files, or None
-    for the CLIP-IQA text-pair fallback; ``feature_norm``: the image tokens normalised per
-    channel over the tokens (``tokens``, the authors' code) or per token (``channels``)."""
+    """PQ-Map (Eq. 1-3). ``embeddings``: ``official`` (the authors' four ``PQ-*.pth`` files,
+    fetched from their repository at a pinned commit and checked against their SHA-256:
+    :mod:`grefine.maps.pq_embeddings`), a folder holding such files, or None for the CLIP-IQA
+    text-pair fallback; ``feature_norm``: the image tokens normalised per channel over the
+    tokens (``tokens``, the authors' code) or per token (``channels``)."""
 
     model_name: str = field(default="ViT-B-16", metadata=weight_source())
     pretrained: Optional[str] = field(default="openai", metadata=weight_source())
-    embeddings: Optional[str] = field(default="checkpoints/pq_embeddings", metadata=weight_source())
+    embeddings: Optional[str] = field(default=OFFICIAL, metadata=weight_source())
     num_blocks: int = field(default=6, metadata=within(1))
     attention: str = field(default="vvv", metadata=one_of("vvv", "vvv_l2"))
     alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA), metadata=within(0, 1, low_open=True))
@@ -133,7 +148,8 @@ class MaskConfig:
 
 @dataclass
 class Stage1Config:
-    """Stage 1: SDXL inpainting; strength from (p, a) within [min_strength, max_strength];
+    """Stage 1: SDXL inpainting; ``variant``: the weight files read in fp16 and bf16 (e.g.
+    ``*.fp16.safetensors``; null: the fp32 files); strength from (p, a) within [min_strength, max_strength];
     ``steps``: denoising steps run (None = n1 of Eq. 10); ``prompt_suffix``: text appended to
     the (emphasised) prompt; ``vae``: hub id or folder of a VAE loaded in place of the model's
     own, e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in fp16
@@ -173,14 +189,17 @@ class Stage2Config:
     """Stage 2: ``type: pasd`` (or null to run stage 1 alone) at strength δ for ``steps``
     denoising steps (None = n2 of Eq. 10); ``options`` go to
     :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`. ``max_resolution`` bounds the long
-    side PASD works at (null: the image's own, up to ``max_pixels``). ``input_jpeg_quality``: the
-    image goes through a JPEG at that quality before stage 2 (the notebook's ``step-1.jpg``: 75);
-    ``caption_model`` / ``caption_pretrained``: the open_clip CoCa whose caption starts PASD's
-    prompt, as ``test_pasd.py`` does (null: no caption)."""
+    side PASD works at (null: the image's own, up to ``max_pixels``). ``pasd_model`` (hub id or
+    folder) holds PASD's ``unet/`` and ``controlnet/`` inside ``pasd_subfolder`` (null: at its top);
+    the default is the authors' hub release. ``input_jpeg_quality``: the image goes through a JPEG
+    at that quality before stage 2 (the notebook's ``step-1.jpg``: 75); ``caption_model`` /
+    ``caption_pretrained``: the open_clip CoCa whose caption starts PASD's prompt, as
+    ``test_pasd.py`` does (null: no caption)."""
 
     type: Optional[str] = field(default="pasd", metadata=one_of("pasd", None))
     base_model: str = field(default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata=weight_source())
-    pasd_model: str = field(default="checkpoints/pasd", metadata=weight_source())
+    pasd_model: str = field(default=PASD_HUB_MODEL, metadata=weight_source())
+    pasd_subfolder: Optional[str] = PASD_HUB_SUBFOLDER
     strength: float = field(default=0.1, metadata=within(0, 1))
     steps: Optional[int] = field(default=None, metadata=within(1))
     max_resolution: Optional[int] = field(default=2048, metadata=within(MIN_SIDE))
@@ -317,7 +336,7 @@ class GRefineConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    metrics: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     metric_resolution: Optional[int] = field(default=1024, metadata=within(MIN_SIDE))
     prefetch: int = field(default=2, metadata=within(0, 16))
     source: str = "<defaults>"

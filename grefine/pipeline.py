@@ -209,6 +209,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 _PRECISION = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+"""The dtypes that read a checkpoint's ``variant`` files (``stage1.variant``, e.g. ``*.fp16.safetensors``:
+half the download of the fp32 files; bf16 models are cast from them)."""
+
 
 class GRefinePipeline:
     """G-Refine (paper §3): PQ-Map, AQ-Map, stage 1 (SDXL inpainting) and stage 2 (PASD)."""
@@ -588,7 +592,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
 
         pipe = build_tiny_sdxl_inpaint_pipeline(seed=config.seed).to(dtype=dtype)
         return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution, **cfg.options)
-    variant = cfg.variant if dtype == torch.float16 else None
+    variant = cfg.variant if dtype in HALF_DTYPES else None
     return InpaintStage1.from_pretrained(
         cfg.model,
         torch_dtype=dtype,
@@ -619,7 +623,12 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
 
         caption = load_caption_model(cfg.caption_model, cfg.caption_pretrained) if cfg.caption_model else None
         stage2 = PASDStage2.from_pretrained(
-            base_model=cfg.base_model, pasd_model=cfg.pasd_model, torch_dtype=dtype, caption_model=caption, **options
+            base_model=cfg.base_model,
+            pasd_model=cfg.pasd_model,
+            pasd_subfolder=cfg.pasd_subfolder,
+            torch_dtype=dtype,
+            caption_model=caption,
+            **options,
         )
     stage2.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
     return place_pipeline(stage2, device, config.cpu_offload)

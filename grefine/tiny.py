@@ -95,22 +95,33 @@ def build_tiny_coca(seed: int = 0) -> nn.Module:
 
 def build_tiny_clip_tokenizer(model_max_length: int = 77):
     """A real ``transformers.CLIPTokenizer`` over a tiny vocabulary (lower-case letters and
-    digits, no merges), written to a temporary folder and loaded from it: no download."""
-    import json
-    import string
+    digits, no merges), written to a temporary folder (:func:`write_tiny_clip_tokenizer`) and
+    loaded from it: no download."""
     import tempfile
-    from pathlib import Path
 
     from transformers import CLIPTokenizer
 
+    with tempfile.TemporaryDirectory() as folder:
+        write_tiny_clip_tokenizer(folder, model_max_length)
+        return CLIPTokenizer.from_pretrained(folder)
+
+
+def write_tiny_clip_tokenizer(folder, model_max_length: int = 77) -> None:
+    """The files of a tiny CLIP BPE tokenizer in ``folder``, as Stable Diffusion repositories
+    ship theirs: ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``."""
+    import json
+    import string
+    from pathlib import Path
+
     symbols = string.ascii_lowercase + string.digits
     tokens = list(symbols) + [f"{s}</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-        (root / "merges.txt").write_text("#version: 0.2\n")
-        (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": model_max_length}))
-        return CLIPTokenizer.from_pretrained(folder)
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": model_max_length}))
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (root / "special_tokens_map.json").write_text(json.dumps(special))
 
 
 def build_tiny_sdxl_inpaint_pipeline(seed: int = 0):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PQ-Map (paper Eq. 1-3) of an image or a folder: a heat-map overlay PNG and a score per image.
 
-    python scripts/pq_map.py --input IMG_OR_DIR --output DIR [--embeddings checkpoints/pq_embeddings]
+    python scripts/pq_map.py --input IMG_OR_DIR --output DIR [--embeddings official|FOLDER|none]
 
 Writes ``<stem>_pq_overlay.png`` (jet map over the image), ``<stem>_pq.png`` (the map as 8-bit
 grayscale, 255 = best quality) and ``scores.csv`` (p and the four factor scores, or the error of
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--embeddings", default="checkpoints/pq_embeddings", help="folder with PQ-*.pth; 'none' for plain text pairs")
+    parser.add_argument("--embeddings", default="official", help="'official' (the authors' PQ-*.pth, fetched once and SHA-256 checked), a folder with PQ-*.pth, or 'none' for plain text pairs")
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name")
     parser.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file")
     parser.add_argument("--num-blocks", type=int, default=6, help="blocks with the VVV path (Eq. 1)")

@@ -14,8 +14,12 @@ Several processes split the folder: ``accelerate launch --multi_gpu --num_proces
 (also on CPUs) or ``torchrun --standalone --nproc_per_node N scripts/refine.py ...``.
 
 Everything (options, config, prompts, folders, metric names, the metric ``verify.select`` names,
-an earlier results.csv) is checked before any model loads. Exit status: 0 when every image was refined, 1 when any failed (see its
-row in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
+an earlier results.csv) is checked before any model loads. Then, when the hub is reachable, the
+weights the config and the metrics need and the caches do not hold yet are fetched, after a plan on
+stderr (what, from where, how large, into which cache, the free space there;
+checkpoints/README.md); ``scripts/download_weights.py`` fetches them ahead, for a run with
+``HF_HUB_OFFLINE=1``. Exit status: 0 when every image was refined, 1 when any failed (see its row
+in results.csv), 2 when the run was refused (one line on stderr names the input and the fix).
 """
 from __future__ import annotations
 
@@ -87,13 +91,19 @@ def check_verify(config: GRefineConfig) -> None:
 
 
 def loader(config: GRefineConfig, names: list[str], report: bool):
-    """The ``load`` of :func:`grefine.run.runner.run_items`: the pipeline and the metrics, on the config's device."""
+    """The ``load`` of :func:`grefine.run.runner.run_items`: the weights the config and the metrics
+    need (when the hub is reachable: the plan on stderr, then the downloads), then the pipeline and
+    the metrics, on the config's device."""
 
     def load() -> Models:
+        from grefine.eval.metric_weights import metric_weights
         from grefine.eval.metrics import create_metrics, create_select_metric
         from grefine.pipeline import GRefinePipeline, resolve_device
+        from grefine.weights import prepare_weights, required_weights
 
         select = config.verify.metric
+        say = (lambda line: print(line, file=sys.stderr)) if report else None
+        prepare_weights(required_weights(config) + metric_weights([*names, *([select] if select else [])]), say=say)
         select_metric = create_select_metric(select, device=resolve_device(config.device)) if select else None
         pipeline = GRefinePipeline.from_pretrained(config, select_metric=select_metric)
         metrics, failures = create_metrics(names, device=pipeline.pq_map.text_direction.device)

@@ -47,10 +47,10 @@ import torch
 import yaml
 from PIL import Image
 
-from grefine.config import ConfigError, GRefineConfig, _build
+from grefine.config import PASD_HUB_MODEL, PASD_HUB_SUBFOLDER, ConfigError, GRefineConfig, _build
 from grefine.eval.metrics import check_select_metric, create_select_metric
 from grefine.image_io import PathLike, as_rgb_image
-from grefine.pipeline import GRefinePipeline, resolve_device, resolve_dtype
+from grefine.pipeline import HALF_DTYPES, GRefinePipeline, resolve_device, resolve_dtype
 from grefine.refine.mask import MaskResult
 from grefine.refine.stage1 import (
     DEFAULT_INPAINT_MODEL,
@@ -121,7 +121,8 @@ class PASDSettings(DiffusionSettings):
     :meth:`~grefine.refine.pasd.PASDStage2.from_pretrained`."""
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    pasd_model: str = "checkpoints/pasd"
+    pasd_model: str = PASD_HUB_MODEL
+    pasd_subfolder: Optional[str] = PASD_HUB_SUBFOLDER
     strength: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -306,7 +307,7 @@ def _build_inpaint_full(method: MethodConfig) -> WholeImageInpaintRefiner:
             _model(method),
             torch_dtype=dtype,
             device=device,
-            variant=s.variant if dtype == torch.float16 else None,
+            variant=s.variant if dtype in HALF_DTYPES else None,
             cpu_offload=s.cpu_offload,
             resolution=s.resolution,
         )
@@ -325,7 +326,12 @@ def _build_pasd(method: MethodConfig) -> PASDRefiner:
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
         stage2 = PASDStage2.from_pretrained(
-            s.base_model, s.pasd_model, torch_dtype=dtype, device=None if s.cpu_offload else device, **s.options
+            s.base_model,
+            s.pasd_model,
+            pasd_subfolder=s.pasd_subfolder,
+            torch_dtype=dtype,
+            device=None if s.cpu_offload else device,
+            **s.options,
         )
         if s.cpu_offload:
             stage2.enable_model_cpu_offload(device=device)
@@ -333,10 +339,10 @@ def _build_pasd(method: MethodConfig) -> PASDRefiner:
 
 
 def _load_diffusers(pipeline_class, s: SDXLSettings, model: str):
-    """A diffusers pipeline on the settings' device and dtype (fp16 variant on fp16)."""
+    """A diffusers pipeline on the settings' device and dtype (the fp16 variant in fp16 and bf16)."""
     device = resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
-    variant = s.variant if dtype == torch.float16 else None
+    variant = s.variant if dtype in HALF_DTYPES else None
     try:
         pipe = pipeline_class.from_pretrained(model, torch_dtype=dtype, variant=variant)
     except (OSError, ValueError) as error:

@@ -43,6 +43,7 @@ import torch.nn as nn
 
 from grefine.errors import MissingWeightsError
 from grefine.image_io import ImageInput, PathLike, as_rgb_image, resize_map
+from grefine.maps.pq_embeddings import OFFICIAL, official_folder
 from grefine.maps.clip_surgery import (
     AttentionMode,
     FeatureNorm,
@@ -118,8 +119,8 @@ def load_embedding_params(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise QualityEmbeddingError(
-            f"{path}: PQ-Map embedding file not found. Download the four PQ-*.pth files from "
-            "github.com/Q-Future/Q-Refine (folder embeding/) as described in checkpoints/README.md."
+            f"{path}: PQ-Map embedding file not found. Set pq_map.embeddings to 'official' (fetched from "
+            "github.com/Q-Future/Q-Refine, folder embeding/) or to a folder holding the four PQ-*.pth files; see checkpoints/README.md."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -147,8 +148,10 @@ def load_embedding_file(path: PathLike) -> torch.Tensor:
 
 
 def load_quality_prompts(folder: PathLike) -> QualityPrompts:
-    """Load ``PQ-{overall,technical,rational,natural}.pth`` from ``folder`` (Eq. 2's T_p)."""
-    folder = Path(folder)
+    """Load ``PQ-{overall,technical,rational,natural}.pth`` from ``folder`` (Eq. 2's T_p);
+    ``"official"``: the authors' released files, fetched and checked on first use
+    (:func:`grefine.maps.pq_embeddings.official_folder`)."""
+    folder = official_folder() if str(folder) == OFFICIAL else Path(folder)
     pairs = [load_embedding_file(folder / f"PQ-{factor}.pth") for factor in QUALITY_FACTORS]
     embeddings = torch.stack(pairs)
     eot = torch.full(embeddings.shape[:2], EOT_POSITION, dtype=torch.long)
@@ -231,8 +234,9 @@ class PQMap(nn.Module):
     Args:
         model: an open_clip CLIP with a ViT image tower.
         tokenizer: its tokenizer (used only for the text-pair fallback).
-        embeddings: a folder with the four official ``PQ-*.pth`` files, a :class:`QualityPrompts`,
-            or None for the CLIP-IQA text-pair fallback.
+        embeddings: a folder with the four official ``PQ-*.pth`` files, ``"official"`` (the
+            authors' files, fetched and checked on first use), a :class:`QualityPrompts`, or None
+            for the CLIP-IQA text-pair fallback.
         num_blocks: how many final blocks get the VVV path (Eq. 1).
         attention: ``"vvv"`` (released code) or ``"vvv_l2"`` (Eq. 1 as printed).
         alpha: α_1..3 of Eq. 3.
@@ -291,8 +295,9 @@ class PQMap(nn.Module):
     ) -> "PQMap":
         """Build PQ-Map on a real open_clip model (default ViT-B/16 ``openai``, the authors' CS-ViT-B/16).
 
-        ``embeddings`` is the folder holding the official ``PQ-*.pth`` files
-        (see ``checkpoints/README.md``); None falls back to plain text pairs.
+        ``embeddings``: ``"official"`` (the authors' files, fetched and checked on first use), a
+        folder holding the ``PQ-*.pth`` files (see ``checkpoints/README.md``), or None for plain
+        text pairs.
         """
         model, tokenizer = load_open_clip(model_name, pretrained, device=device, precision=precision)
         return cls(model, tokenizer, embeddings, **kwargs).to(next(model.parameters()).device)
@@ -342,13 +347,18 @@ def load_open_clip(
     precision: Optional[str] = None,
 ) -> tuple[nn.Module, object]:
     """``open_clip.create_model`` + tokenizer, in eval mode, with a clear error when the
-    weights cannot be had (offline, wrong name or path)."""
+    weights cannot be had (offline, wrong name or path). Weights trained with QuickGELU (OpenAI's,
+    e.g. ``ViT-B-16`` / ``openai``, as the authors' CLIP-Surgery runs them) get QuickGELU: open_clip
+    builds ``ViT-B-16`` with GELU unless told."""
     import open_clip
 
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
+    quick_gelu = bool(pretrained and (open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get("quick_gelu"))
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device, precision=precision)
+        model = open_clip.create_model(
+            model_name, pretrained=pretrained, device=device, precision=precision, force_quick_gelu=quick_gelu
+        )
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as err:  # open_clip raises RuntimeError/OSError/HF errors depending on the source
         raise MissingWeightsError.for_source(f"open_clip model {model_name}", str(pretrained), err) from err

@@ -10,9 +10,16 @@ from diffusers import ModelMixin
 from grefine.errors import MissingWeightsError
 
 CHECKPOINT_HELP = (
-    "See checkpoints/README.md for where to get the Stable Diffusion 1.5 and PASD weights and how to "
-    "point the config at a hub id or a local folder (PASD: a folder with 'unet/' and 'controlnet/')."
+    "See checkpoints/README.md for where the Stable Diffusion 1.5 and PASD weights come from and how to "
+    "point the config at a hub id or a local folder (PASD: stage2.pasd_model with 'unet/' and 'controlnet/' "
+    "inside stage2.pasd_subfolder)."
 )
+
+
+def pasd_component(subfolder: str | None, component: str) -> str:
+    """``<subfolder>/<component>``, or ``component`` when ``subfolder`` is None or empty."""
+    return f"{subfolder.strip('/')}/{component}" if subfolder and subfolder.strip("/") else component
+
 
 Model = TypeVar("Model", bound=ModelMixin)
 

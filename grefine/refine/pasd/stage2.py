@@ -53,7 +53,7 @@ from grefine.image_io import fit_long_side
 from .caption import caption_image, pasd_prompt
 from .color_fix import ColorFix, apply_color_fix
 from .controlnet import PASDControlNetModel
-from .loading import load_component, load_pasd_model
+from .loading import load_component, load_pasd_model, pasd_component
 from .unet import PASDUNet2DConditionModel
 from .vae_tiling import decode_latents, encode_latent_distribution, vae_scale_factor
 
@@ -158,12 +158,16 @@ class PASDStage2(DiffusionPipeline):
         base_model: str | os.PathLike,
         pasd_model: str | os.PathLike,
         *,
+        pasd_subfolder: str | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         **options,
     ) -> PASDStage2:
         """Load SD1.5 (``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``) from ``base_model`` and
         PASD (``unet``, ``controlnet``, strict keys) from ``pasd_model``; hub ids or local folders.
+        ``pasd_subfolder``: the folder inside ``pasd_model`` that holds ``unet/`` and
+        ``controlnet/`` (the authors' hub repository ``yangtao9009/PASD``: ``pasd/checkpoint-100000``);
+        None when they are at its top.
 
         Raises:
             PASDWeightsNotFoundError: a component is missing (path or hub id in the message).
@@ -176,8 +180,8 @@ class PASDStage2(DiffusionPipeline):
                 CLIPTextModel.from_pretrained, base_model, "text_encoder", **({"dtype": torch_dtype} if torch_dtype else {})
             ),
             tokenizer=load_component(CLIPTokenizer.from_pretrained, base_model, "tokenizer"),
-            unet=load_pasd_model(PASDUNet2DConditionModel, pasd_model, "unet", **dtype),
-            controlnet=load_pasd_model(PASDControlNetModel, pasd_model, "controlnet", **dtype),
+            unet=load_pasd_model(PASDUNet2DConditionModel, pasd_model, pasd_component(pasd_subfolder, "unet"), **dtype),
+            controlnet=load_pasd_model(PASDControlNetModel, pasd_model, pasd_component(pasd_subfolder, "controlnet"), **dtype),
             scheduler=load_component(UniPCMultistepScheduler.from_pretrained, base_model, "scheduler"),
             **options,
         )
