@@ -33,8 +33,10 @@ from grefine.maps.aq_map import (
     DEFAULT_MARGIN,
     EMPHASIS_WEIGHT,
 )
+from grefine.maps.clip_surgery import FEATURE_NORMS
 from grefine.maps.pq_embeddings import OFFICIAL
 from grefine.maps.pq_map import DEFAULT_ALPHA
+from grefine.maps.text_features import TEXT_ENCODINGS
 
 PASD_HUB_MODEL = "yangtao9009/PASD"
 """The PASD authors' hub repository (stage 2's default ``pasd_model``)."""
@@ -106,7 +108,8 @@ class PQMapConfig:
     """PQ-Map (Eq. 1-3). ``embeddings``: ``official`` (the authors' four ``PQ-*.pth`` files,
     fetched from their repository at a pinned commit and checked against their SHA-256:
     :mod:`grefine.maps.pq_embeddings`), a folder holding such files, or None for the CLIP-IQA
-    text-pair fallback."""
+    text-pair fallback; ``feature_norm``: the image tokens normalised per channel over the
+    tokens (``tokens``, the authors' code) or per token (``channels``)."""
 
     model_name: str = field(default="ViT-B-16", metadata=weight_source())
     pretrained: Optional[str] = field(default="openai", metadata=weight_source())
@@ -116,13 +119,17 @@ class PQMapConfig:
     alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA), metadata=within(0, 1, low_open=True))
     input_size: Any = None
     map_normalization: str = field(default="none", metadata=one_of("none", "minmax"))
+    feature_norm: str = field(default="tokens", metadata=one_of(*FEATURE_NORMS))
     tiny_random: bool = False
 
 
 @dataclass
 class AQMapConfig:
     """AQ-Map (Eq. 4-8): Eq. 6's ``a_bound`` and ``margin``, Eq. 8's ``beta``, Eq. 7's
-    ``emphasis``; see :class:`grefine.maps.aq_map.AQMap`."""
+    ``emphasis``; Eq. 5's ``feature_norm`` (``tokens``: the authors' code, ``channels``),
+    ``text_encoding`` (``ensemble``: the authors' 85 templates, ``bare``) and ``text_cache``
+    (the text features' disk cache: ``auto`` = ``$GREFINE_CACHE_DIR`` or ``~/.cache/grefine``,
+    a folder, or null = memory only); see :class:`grefine.maps.aq_map.AQMap`."""
 
     model_name: str = field(default="ViT-B-16", metadata=weight_source())
     pretrained: Optional[str] = field(default="openai", metadata=weight_source())
@@ -131,6 +138,9 @@ class AQMapConfig:
     beta: float = field(default=DEFAULT_BETA, metadata=within(0, low_open=True))
     margin: float = field(default=DEFAULT_MARGIN, metadata=within(0))
     emphasis: float = field(default=EMPHASIS_WEIGHT, metadata=within(0))
+    feature_norm: str = field(default="tokens", metadata=one_of(*FEATURE_NORMS))
+    text_encoding: str = field(default="ensemble", metadata=one_of(*TEXT_ENCODINGS))
+    text_cache: Optional[str] = field(default="auto", metadata=weight_source())
     tiny_random: bool = False
 
 
@@ -152,7 +162,10 @@ class Stage1Config:
     ``steps``: denoising steps run (None = n1 of Eq. 10); ``prompt_suffix``: text appended to
     the (emphasised) prompt; ``vae``: hub id or folder of a VAE loaded in place of the model's
     own, e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in fp16
-    (None = the model's own; the default model already ships that fp16-fixed VAE)."""
+    (None = the model's own; the default model already ships that fp16-fixed VAE).
+    ``paste_back``, ``working_size`` (``fit`` | ``pipeline``), ``output_size`` (``input`` |
+    ``working``) and ``skip_empty_mask`` reproduce the authors' notebook when set otherwise than
+    the paper's defaults; see :class:`grefine.refine.stage1.InpaintStage1`."""
 
     model: str = field(default="diffusers/stable-diffusion-xl-1.0-inpainting-0.1", metadata=weight_source())
     variant: Optional[str] = "fp16"
@@ -163,7 +176,21 @@ class Stage1Config:
     steps: Optional[int] = field(default=None, metadata=within(1))
     prompt_suffix: str = ""
     vae: Optional[str] = field(default=None, metadata=weight_source())
+    paste_back: bool = True
+    working_size: str = field(default="fit", metadata=one_of("fit", "pipeline"))
+    output_size: str = field(default="input", metadata=one_of("input", "working"))
+    skip_empty_mask: bool = True
     tiny_random: bool = False
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The :class:`~grefine.refine.stage1.InpaintStage1` keyword options of this section."""
+        return {
+            "paste_back": self.paste_back,
+            "working_size": self.working_size,
+            "output_size": self.output_size,
+            "skip_empty_mask": self.skip_empty_mask,
+        }
 
 
 @dataclass
@@ -173,7 +200,10 @@ class Stage2Config:
     :meth:`grefine.refine.pasd.PASDStage2.from_pretrained`. ``max_resolution`` bounds the long
     side PASD works at (null: the image's own, up to ``max_pixels``). ``pasd_model`` (hub id or
     folder) holds PASD's ``unet/`` and ``controlnet/`` inside ``pasd_subfolder`` (null: at its top);
-    the default is the authors' hub release."""
+    the default is the authors' hub release. ``input_jpeg_quality``: the image goes through a JPEG
+    at that quality before stage 2 (the notebook's ``step-1.jpg``: 75); ``caption_model`` /
+    ``caption_pretrained``: the open_clip CoCa whose caption starts PASD's prompt, as
+    ``test_pasd.py`` does (null: no caption)."""
 
     type: Optional[str] = field(default="pasd", metadata=one_of("pasd", None))
     base_model: str = field(default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata=weight_source())
@@ -182,6 +212,9 @@ class Stage2Config:
     strength: float = field(default=0.1, metadata=within(0, 1))
     steps: Optional[int] = field(default=None, metadata=within(1))
     max_resolution: Optional[int] = field(default=2048, metadata=within(MIN_SIDE))
+    input_jpeg_quality: Optional[int] = field(default=None, metadata=within(1, 95))
+    caption_model: Optional[str] = field(default=None, metadata=weight_source())
+    caption_pretrained: Optional[str] = field(default="mscoco_finetuned_laion2B-s13B-b90k", metadata=weight_source())
     options: dict[str, Any] = field(default_factory=dict)
     tiny_random: bool = False
 
@@ -339,6 +372,13 @@ class GRefineConfig:
                 f"config {source}: stage1.min_strength ({config.stage1.min_strength:g}) must not exceed "
                 f"stage1.max_strength ({config.stage1.max_strength:g})."
             )
+        if config.stage1.paste_back and config.stage1.output_size == "working":
+            raise ConfigError(
+                f"config {source}: stage1.paste_back needs stage1.output_size: input (the input's pixels are pasted "
+                "around the mask); set paste_back: false to keep SDXL's output at its working size."
+            )
+        if config.stage2.caption_model and not config.stage2.caption_pretrained:
+            raise ConfigError(f"config {source}: stage2.caption_model is set but stage2.caption_pretrained is null; name its weights.")
         _check_gate(config, source)
         _check_speed(config, source)
         _check_verify(config, source)

@@ -495,7 +495,10 @@ def _output(
     stage1: Optional[Stage1Result] = None,
 ) -> GRefineOutput:
     """The output of a refined image: the first round's decisions, ``output``, and the proof
-    outside ``weight`` (the union of the kept rounds' paste-back weights; None: nothing kept)."""
+    outside ``weight`` (the union of the kept rounds' paste-back weights; None: nothing kept),
+    judged at the input's size (an output of another size, ``stage1.output_size: working`` as
+    in the authors' notebook, is resized to it first)."""
+    judged = output if output.size == image.size else output.resize(image.size, Image.LANCZOS)
     return GRefineOutput(
         image=output,
         pq=pq,
@@ -514,7 +517,7 @@ def _output(
         candidates=made,
         rounds=rounds,
         verify_rounds=records,
-        outside=outside_mask(image, output, weight),
+        outside=outside_mask(image, judged, weight),
     )
 
 
@@ -564,6 +567,7 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         alpha=pq_cfg.alpha,
         input_size=pq_cfg.input_size,
         map_normalization=pq_cfg.map_normalization,
+        feature_norm=pq_cfg.feature_norm,
     )
     aq_model, aq_tokenizer = clip(aq_cfg.model_name, aq_cfg.pretrained, aq_cfg.tiny_random, False)
     aq_map = AQMap(
@@ -574,6 +578,9 @@ def build_maps(config: GRefineConfig, device: torch.device, dtype: torch.dtype) 
         beta=aq_cfg.beta,
         margin=aq_cfg.margin,
         emphasis=aq_cfg.emphasis,
+        feature_norm=aq_cfg.feature_norm,
+        text_encoding=aq_cfg.text_encoding,
+        text_cache=aq_cfg.text_cache,
     )
     return pq_map, aq_map
 
@@ -584,7 +591,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         from grefine.tiny import build_tiny_sdxl_inpaint_pipeline, cast_tiny
 
         pipe = cast_tiny(build_tiny_sdxl_inpaint_pipeline(seed=config.seed), dtype)
-        return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution)
+        return InpaintStage1(place_pipeline(pipe, device, config.cpu_offload), resolution=cfg.resolution, **cfg.options)
     variant = cfg.variant if dtype in HALF_DTYPES else None
     return InpaintStage1.from_pretrained(
         cfg.model,
@@ -594,6 +601,7 @@ def _build_stage1(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         cpu_offload=config.cpu_offload,
         resolution=cfg.resolution,
         vae=cfg.vae,
+        options=cfg.options,
     )
 
 
@@ -603,16 +611,24 @@ def _build_stage2(config: GRefineConfig, device: torch.device, dtype: torch.dtyp
         return None
     if cfg.type != "pasd":
         raise ValueError(f"config {config.source}: stage2.type must be 'pasd' or null, got {cfg.type!r}")
-    options = {"max_resolution": cfg.max_resolution, **cfg.options}
+    options = {"max_resolution": cfg.max_resolution, "input_jpeg_quality": cfg.input_jpeg_quality, **cfg.options}
     if cfg.tiny_random:
-        from grefine.tiny import build_tiny_pasd_stage2, cast_tiny
+        from grefine.tiny import build_tiny_coca, build_tiny_pasd_stage2, cast_tiny
 
-        stage2 = cast_tiny(build_tiny_pasd_stage2(seed=config.seed, **options), dtype)
+        caption = build_tiny_coca(seed=config.seed) if cfg.caption_model else None
+        stage2 = cast_tiny(build_tiny_pasd_stage2(seed=config.seed, caption_model=caption, **options), dtype)
     else:
         from grefine.refine.pasd import PASDStage2
+        from grefine.refine.pasd.caption import load_caption_model
 
+        caption = load_caption_model(cfg.caption_model, cfg.caption_pretrained) if cfg.caption_model else None
         stage2 = PASDStage2.from_pretrained(
-            base_model=cfg.base_model, pasd_model=cfg.pasd_model, pasd_subfolder=cfg.pasd_subfolder, torch_dtype=dtype, **options
+            base_model=cfg.base_model,
+            pasd_model=cfg.pasd_model,
+            pasd_subfolder=cfg.pasd_subfolder,
+            torch_dtype=dtype,
+            caption_model=caption,
+            **options,
         )
     stage2.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
     return place_pipeline(stage2, device, config.cpu_offload)

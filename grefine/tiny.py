@@ -68,6 +68,31 @@ def build_tiny_pq_clip(seed: int = 0, precision: str = "fp32") -> tuple[nn.Modul
     return build_tiny_open_clip(text_width=512, text_layers=1, text_heads=8, seed=seed, precision=precision)
 
 
+def build_tiny_coca(seed: int = 0) -> nn.Module:
+    """A tiny, random open_clip ``CoCa`` (the class of ``coca_ViT-L-14``, stage 2's caption
+    model): a 32-px ViT with CoCa's attentional pooler, one-layer text and multimodal decoders
+    over CLIP's 49,408-token vocabulary; every weight perturbed, as in :func:`build_tiny_open_clip`."""
+    from open_clip.coca_model import CoCa, MultimodalCfg
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CoCa(
+        embed_dim=32,
+        multimodal_cfg=MultimodalCfg(context_length=76, vocab_size=49408, width=32, heads=2, layers=1, attn_pooler_heads=2),
+        text_cfg=CLIPTextCfg(context_length=76, vocab_size=49408, width=32, heads=2, layers=1, embed_cls=True, output_tokens=True),
+        vision_cfg=CLIPVisionCfg(
+            image_size=32, layers=1, width=32, head_width=16, patch_size=8, attentional_pool=True, attn_pooler_heads=2, output_tokens=True
+        ),
+    ).eval()
+    # open_clip leaves the multimodal decoder's output projection uninitialised (torch.empty; a
+    # checkpoint fills it): initialise it as CLIP's, so the model is a function of the seed alone.
+    nn.init.normal_(model.text_decoder.text_projection, std=model.text_decoder.text_projection.shape[0] ** -0.5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    return model
+
+
 def build_tiny_clip_tokenizer(model_max_length: int = 77):
     """A real ``transformers.CLIPTokenizer`` over a tiny vocabulary (lower-case letters and
     digits, no merges), written to a temporary folder (:func:`write_tiny_clip_tokenizer`) and

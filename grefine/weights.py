@@ -340,7 +340,7 @@ def embeddings_source(embeddings: str, config_key: str) -> WeightSource:
 
 def required_weights(config: GRefineConfig) -> list[WeightSource]:
     """Everything the configuration will load: the maps' weights (:func:`map_weights`) and the
-    two stages' (tiny-random sections need nothing)."""
+    two stages' — stage 2's caption model too when it has one (tiny-random sections need nothing)."""
     needed = map_weights(config)
     if not config.stage1.tiny_random:
         variant = config.stage1.variant if reads_variant_files(config) else None
@@ -352,6 +352,11 @@ def required_weights(config: GRefineConfig) -> list[WeightSource]:
         base = ("vae", "text_encoder", "tokenizer", "scheduler")
         needed.append(model_source("Stable Diffusion 1.5 base (stage 2)", stage2.base_model, "stage2.base_model", folders=base))
         needed.append(pasd_source("PASD unet + controlnet (stage 2)", stage2.pasd_model, stage2.pasd_subfolder, "stage2.pasd_model"))
+        if stage2.caption_model:
+            what = f"caption model {stage2.caption_model}/{stage2.caption_pretrained} (stage 2)"
+            caption = open_clip_weights(what, stage2.caption_model, stage2.caption_pretrained, "stage2.caption_pretrained")
+            if caption is not None:
+                needed.append(caption)
     return list({(w.source, w.files, w.hub): w for w in needed}.values())
 
 

@@ -122,7 +122,7 @@ def build(args: argparse.Namespace, config: GRefineConfig) -> GRefinePipeline:
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     embeddings = REPO.parent / "shared" / "pq_embeddings"
     pq_map = PQMap(clip, tokenizer, embeddings if embeddings.is_dir() else None)
-    aq_map = AQMap(clip, tokenizer)
+    aq_map = AQMap(clip, tokenizer, text_cache=None)  # random weights: nothing worth keeping on disk
     home = torch.device("cpu") if config.cpu_offload else device
     sdxl = build_random_sdxl_inpaint_pipeline(home, dtype, vae_force_upcast=args.vae_upcast)
     stage2 = build_random_pasd_stage2(home, dtype, process_size=None)

@@ -74,7 +74,7 @@ def feature_seconds(model, images: int, device: torch.device) -> float:
             path = Path(folder) / f"{index}.png"
             Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(path)
             paths.append(path)
-        surgery = vvv_surgery(model, num_blocks=1)
+        surgery = vvv_surgery(model, num_blocks=min(6, len(model.visual.transformer.resblocks)))  # PQ-Map's, as the trainer
         encode_images(surgery, paths[:4], workers=1, progress=False)
         synchronize(device)
         start = time.perf_counter()

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hflip", action="store_true", help="random horizontal flips (pyiqa's hflip; both views are cached)")
     parser.add_argument("--score-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="min-max normalisation range (default: the training scores' min and max)")
     parser.add_argument("--input-size", default=None, help="CLIP input side (int) or 'native'; default: the model's, as PQ-Map")
+    parser.add_argument("--num-blocks", type=int, default=6, help="VVV blocks of the PQ-Map that reads the prompts (default 6, as PQ-Map)")
+    parser.add_argument("--feature-norm", default="tokens", choices=["tokens", "channels"], help="its image-token normalisation (default tokens, as PQ-Map)")
     parser.add_argument("--workers", type=int, default=4, help="threads decoding images while features are cached")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -102,6 +104,9 @@ def _tokenizer_and_width(args: argparse.Namespace):
     config = open_clip.get_model_config(args.model)
     if config is None:
         raise UsageError(f"--model {args.model}: not an open_clip model name (see open_clip.list_models()).")
+    layers = config["vision_cfg"].get("layers")
+    if isinstance(layers, int) and args.num_blocks > layers:
+        raise UsageError(f"--num-blocks {args.num_blocks}: {args.model}'s image tower has {layers} blocks.")
     try:
         tokenizer = open_clip.get_tokenizer(args.model)
     except Exception as err:  # hub tokenizers fail offline with several error types
@@ -118,6 +123,8 @@ def check_args(args: argparse.Namespace) -> tuple[TrainConfig, object]:
     config.check()
     check_output(args.output, args.resume)
     args.input_size = _input_size(args.input_size)
+    if args.num_blocks < 1:
+        raise UsageError(f"--num-blocks must be at least 1, got {args.num_blocks}.")
     tokenizer, width = _tokenizer_and_width(args)
     if args.init == "text":
         problem = class_text_problem(tokenizer, args.class_text)
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             model, build_learner(args, model, tokenizer), data, args.output, config,
             input_size=args.input_size, accelerator=accelerator, resume=args.resume, description=description,
             progress=not args.no_progress, workers=args.workers,
+            num_blocks=min(args.num_blocks, 3) if args.tiny_random else args.num_blocks, feature_norm=args.feature_norm,
         )
     except (MissingWeightsError, ResumeError, TrainingDataError, QualityEmbeddingError) as err:
         print(f"train_pq_map: {err}", file=sys.stderr)

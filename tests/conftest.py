@@ -12,6 +12,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SHARED_NLTK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "nltk_data")
 os.environ.setdefault("NLTK_DATA", os.path.normpath(_SHARED_NLTK))  # the tagger, read from ../shared
 
+# AQ-Map caches text features on disk (grefine.maps.text_features): the tests' go to a temporary
+# folder of their own, removed at exit, never to the user's cache.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["GREFINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="grefine-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GREFINE_CACHE_DIR"], ignore_errors=True)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -43,3 +52,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def text_rows():
+    """``text_rows(model)`` returns the list that records the rows of every text-tower forward of
+    an open_clip ``model`` (its text transformer), whichever path encodes them."""
+    handles = []
+
+    def watch(model) -> list[int]:
+        rows: list[int] = []
+        handles.append(model.transformer.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0])))
+        return rows
+
+    yield watch
+    for handle in handles:
+        handle.remove()

@@ -95,12 +95,21 @@ def test_noun_unmatched_is_drawn_on_its_ancestors_noun_map():
     assert result.emphasized_prompt.phrases == ("blue table",)
 
 
-def test_noun_unmatched_own_ancestor_is_drawn_on_the_whole_prompt_map():
+def test_noun_unmatched_own_ancestor_is_drawn_on_its_own_noun_map():
+    # The notebook (cell 39; AQ-Map.py's phrase_to_parent starts every phrase as its own parent):
+    # a top-level phrase whose noun is missing draws its own noun's map, not the whole prompt's.
     aligner = cube_aligner(cube=0.2)
     result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
-    assert [p.defect for p in result.phrases] == ["noun_unmatched", "none"]
-    np.testing.assert_array_equal(result.defect_map, aligner.maps[CUBE])  # not its absent noun's map
+    assert [(p.ancestor, p.defect) for p in result.phrases] == [(0, "noun_unmatched"), (0, "none")]
+    np.testing.assert_array_equal(result.defect_map, aligner.maps["cube"])
+    assert not np.array_equal(result.defect_map, aligner.maps[CUBE])
     np.testing.assert_array_equal(result.prompt_map, aligner.maps[CUBE])
+
+
+def test_noun_unmatched_with_an_unscored_ancestor_is_drawn_on_the_whole_prompt_map():
+    prompt_map, noun_maps = planted_map(7), np.stack([planted_map(8), planted_map(9)])
+    targets = target_maps(prompt_map, noun_maps, [0, 0], [False, True], ["none", "noun_unmatched"])
+    assert len(targets) == 1 and targets[0] is prompt_map
 
 
 def test_adjective_unmatched_needs_the_margin_and_is_drawn_on_its_own_noun_map():
@@ -117,7 +126,7 @@ def test_two_defects_take_the_pixelwise_maximum():
     aligner = cube_aligner(cube=0.2, blue_table=0.5)  # own-ancestor noun + adjective of the table
     result = aq_map_from_aligner(parse_prompt(CUBE), IMAGE, aligner)
     assert [p.defect for p in result.phrases] == ["noun_unmatched", "adjective_unmatched"]
-    np.testing.assert_array_equal(result.defect_map, np.maximum(aligner.maps[CUBE], aligner.maps["table"]))
+    np.testing.assert_array_equal(result.defect_map, np.maximum(aligner.maps["cube"], aligner.maps["table"]))
     assert str(result.emphasized_prompt) == "a (red cube:1.1) on a (blue table:1.1)"
     assert result.score == pytest.approx(0.8 * 1.0 * 1.0)  # every phrase score ≥ β
 
@@ -164,7 +173,7 @@ def test_prompt_without_noun_is_its_own_noun():
     (phrase,) = result.phrases
     assert phrase.noun is None and phrase.noun_score == phrase.score == pytest.approx(0.2)
     assert phrase.defect == "noun_unmatched"
-    np.testing.assert_array_equal(result.defect_map, aligner.maps[prompt])  # its own ancestor
+    np.testing.assert_array_equal(result.defect_map, aligner.maps["highly detailed 4k"])  # its own ancestor and noun
     assert result.score == pytest.approx(0.6 * 0.2 / 0.4)
 
 
@@ -180,7 +189,7 @@ def test_eq6_eq8_building_blocks():
     prompt_map = np.full((2, 2), 0.9, np.float32)
     nouns = np.stack([np.full((2, 2), 0.5, np.float32), np.full((2, 2), 0.25, np.float32)])
     both_noun = target_maps(prompt_map, nouns, [0, 0], [True, True], ["noun_unmatched", "noun_unmatched"])
-    assert [t[0, 0] for t in both_noun] == [pytest.approx(0.9), pytest.approx(0.5)]  # own ancestor → prompt
+    assert [t[0, 0] for t in both_noun] == [pytest.approx(0.5), pytest.approx(0.5)]  # own ancestor → own noun
     unscored_ancestor = target_maps(prompt_map, nouns, [1, 1], [True, False], ["noun_unmatched", "none"])
     assert unscored_ancestor[0][0, 0] == pytest.approx(0.9)
     assert target_maps(prompt_map, nouns, [0, 0], [True, True], ["none", "adjective_unmatched"])[0][0, 0] == pytest.approx(0.25)
@@ -231,27 +240,33 @@ def test_tiny_clip_unmatched_nouns_add_their_regions(tiny):
     assert [p.defect for p in result.phrases] == ["noun_unmatched", "noun_unmatched"]
     assert result.defect_map.shape == (24, 40)
     assert result.defect_map.min() >= 0.0 and result.defect_map.max() == pytest.approx(1.0)
-    # the cube is its own ancestor (→ the whole-prompt map), the table belongs on the cube's noun map
-    np.testing.assert_allclose(result.defect_map, np.maximum(result.prompt_map, result.noun_maps[0]), rtol=1e-6)
+    # the cube is its own ancestor (→ its own noun map), the table belongs on the cube's noun map
+    np.testing.assert_allclose(result.defect_map, result.noun_maps[0], rtol=1e-6)
     assert result.emphasized_prompt.phrases == ("red cube", "blue table")
 
 
-def test_tiny_clip_texts_go_through_the_text_tower_once(tiny, monkeypatch):
+@pytest.mark.parametrize("encoding, rows", [("ensemble", 85), ("bare", 1)])
+def test_tiny_clip_texts_go_through_the_text_tower_once(tiny, text_rows, encoding, rows):
     model, tokenizer = tiny
-    aq_map = AQMap(model, tokenizer, num_blocks=2, input_size=48)
-    batches = []
-    original = model.encode_text
-    monkeypatch.setattr(model, "encode_text", lambda tokens, **kw: batches.append(len(tokens)) or original(tokens, **kw))
+    aq_map = AQMap(model, tokenizer, num_blocks=2, input_size=48, text_encoding=encoding, text_cache=None)
+    batches = text_rows(model)
     result = aq_map(random_image(20, 20), "a cat wearing a hat and a dog playing")
     # "" + prompt + 3 phrase contents ("cat", "wearing hat", "dog playing") + 2 more nouns ("hat", "playing")
-    assert batches == [7]
+    assert batches == [7 * rows]
     assert len(result.phrases) == 3
+    # a second prompt sharing "cat", "hat" and "": only its two new texts ("a cat with a red hat",
+    # "red hat") are encoded; the same prompt again (a verification pass) encodes nothing
+    aq_map(random_image(20, 20, seed=1), "a cat with a red hat")
+    aq_map(random_image(20, 20, seed=2), "a cat with a red hat")
+    assert batches == [7 * rows, 2 * rows]
+    assert aq_map.text_features.encoded == 9
 
 
-def test_tiny_clip_scores_match_eq5(tiny):
-    """The CLS score of a text is σ(10 · cos(I, text) − 10 · cos(I, ""))."""
+def test_channels_and_bare_options_restore_the_eq5_readout(tiny):
+    """``feature_norm="channels"``, ``text_encoding="bare"``: the CLS score of a text is
+    σ(10 · cos(I, text) − 10 · cos(I, "")) (grefine's readout before the authors' became the default)."""
     model, tokenizer = tiny
-    aq_map = AQMap(model, tokenizer, num_blocks=2)
+    aq_map = AQMap(model, tokenizer, num_blocks=2, feature_norm="channels", text_encoding="bare")
     image = random_image(32, 32, seed=2)
     alignment = aq_map.align(image, ["a cat"])
     with torch.no_grad():

@@ -64,7 +64,7 @@ def test_a_shared_pass_gives_the_separate_passes_maps_exactly(pipe):
 
 
 def test_maps_with_other_tower_settings_get_their_own_pass(pipe):
-    model, tokenizer = pipe.aq_map.surgery.model, pipe.aq_map.tokenizer
+    model, tokenizer = pipe.aq_map.surgery.model, pipe.aq_map.text_features.tokenizer
     other = AQMap(model, tokenizer, num_blocks=1)
     refiner = GRefinePipeline(pipe.pq_map, other, pipe.stage1, pipe.stage2, pipe.config)
     image = _image(40, 40, seed=1)
@@ -74,15 +74,17 @@ def test_maps_with_other_tower_settings_get_their_own_pass(pipe):
     _assert_same_maps(pq, aq, pipe.pq_map(image), other(image, PROMPTS[1]), rtol=0, atol=0)
 
 
-def test_a_batch_is_one_tower_pass_and_one_text_batch_and_equals_single_images(pipe, monkeypatch):
+def test_a_batch_is_one_tower_pass_and_each_text_once_and_equals_single_images(pipe, text_rows):
     images = [_image(72, 48, seed=2), _image(40, 40, seed=3), _image(30, 60, seed=4)]
     model = pipe.aq_map.surgery.model
-    text_batches = []
-    encode_text = model.encode_text
-    monkeypatch.setattr(model, "encode_text", lambda tokens, **kw: text_batches.append(len(tokens)) or encode_text(tokens, **kw))
+    fresh = AQMap(model, pipe.aq_map.text_features.tokenizer, num_blocks=pipe.config.aq_map.num_blocks, text_cache=None)
+    pipe = GRefinePipeline(pipe.pq_map, fresh, pipe.stage1, pipe.stage2, pipe.config)  # no text cached yet
+    text_batches = text_rows(model)
     with tower_passes(model) as passes:
         batched = pipe.maps(images, PROMPTS)
-    assert passes == [3] and len(text_batches) == 1
+    # the 15 distinct texts ("" and 14 of the prompts) once each, 85 template rows apiece, in
+    # forwards of at most 1024 rows
+    assert passes == [3] and text_batches == [1024, 15 * 85 - 1024]
     for image, prompt, (pq, aq) in zip(images, PROMPTS, batched):
         [(pq_ref, aq_ref)] = pipe.maps([image], [prompt])
         assert pq.map.shape == aq.defect_map.shape == (image.height, image.width)

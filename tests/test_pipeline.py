@@ -133,12 +133,14 @@ def test_default_config_holds_the_paper_settings():
 def test_notebook_config_holds_the_released_settings():
     config = GRefineConfig.from_yaml(NOTEBOOK)
     assert config.pq_map.map_normalization == "minmax"
-    assert config.mask.perceptual_bound == pytest.approx(100 / 255, abs=1e-6)
+    assert config.mask.perceptual_bound == 0.0  # cell 43: the alignment region alone is the mask
     assert config.mask.alignment_bound == pytest.approx(171 / 255, abs=1e-6)  # 255·D > 170 on 8-bit maps
     assert (config.mask.dilation, config.mask.feather) == (0, 0)
     assert config.stage1.min_strength == config.stage1.max_strength == 0.9
     assert config.steps == (36, 20) and config.stage1.prompt_suffix == ", high quality, hyper detail"
+    assert config.stage1.options == {"paste_back": False, "working_size": "pipeline", "output_size": "working", "skip_empty_mask": False}
     assert (config.stage2.type, config.stage2.strength, config.stage2.options) == ("pasd", 1.0, {})
+    assert (config.stage2.input_jpeg_quality, config.stage2.caption_model) == (75, "coca_ViT-L-14")
     assert (config.aq_map.margin, config.aq_map.emphasis) == (0.0, 0.0)
 
 

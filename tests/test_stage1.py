@@ -168,3 +168,58 @@ def test_missing_weights_raise_model_unavailable(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailable, match="checkpoints/README.md") as info:
         InpaintStage1.from_pretrained(str(tmp_path / "no-such-model"), device="cpu")
     assert "no-such-model" in str(info.value)
+
+
+# ------------------------------------------------------- the authors' notebook's stage 1
+
+
+def _notebook_stage1(**options) -> InpaintStage1:
+    """The notebook's call on a tiny SDXL-inpainting pipeline whose default size is SDXL's
+    1024×1024 (a 5-level VAE, scale 16, and a 64-latent UNet keep it cheap)."""
+    from diffusers import AutoencoderKL
+
+    from grefine.config import GRefineConfig
+    from grefine.tiny import assemble_sdxl_inpaint_pipeline
+    from tests.conftest import REPO
+
+    tiny = build_tiny_sdxl_inpaint_pipeline()
+    vae = AutoencoderKL(
+        block_out_channels=(8,) * 5,
+        down_block_types=("DownEncoderBlock2D",) * 5,
+        up_block_types=("UpDecoderBlock2D",) * 5,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        mid_block_add_attention=False,
+    )
+    tiny.unet.register_to_config(sample_size=64)
+    pipe = assemble_sdxl_inpaint_pipeline(tiny.unet, vae, tiny.text_encoder, tiny.text_encoder_2, tiny.tokenizer)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 1024  # as SDXL's 128 x 8
+    config = GRefineConfig.from_yaml(REPO / "configs" / "authors-notebook.yaml").stage1
+    return InpaintStage1(pipe, resolution=config.resolution, **{**config.options, **options})
+
+
+def test_the_notebook_stage1_regenerates_the_whole_image_at_1024(one_thread):
+    stage = _notebook_stage1()
+    assert stage._working_size((512, 768)) == (672, 1024)  # long side 1024, multiples of 32
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (768, 512, 3), dtype=np.uint8))
+    binary = np.zeros((768, 512), bool)
+    binary[300:400, 200:300] = True
+    mask = binarize(np.ones((768, 512), np.float32), binary.astype(np.float32), perceptual_bound=0.0, alignment_bound=0.5, dilation=0, feather=0)
+    result = stage(image, "a red cat, high quality, hyper detail", mask, strength=0.9, num_steps=1, seed=0)
+    assert result.ran and result.image.size == (1024, 1024)  # the pipeline's own size, not pasted back
+    generated = np.asarray(result.image, np.float32)
+    resized = np.asarray(image.resize((1024, 1024), Image.LANCZOS), np.float32)
+    assert np.abs(generated - resized)[:200].mean() > 10  # far from the mask, redrawn too
+
+
+def test_the_notebook_stage1_runs_on_an_empty_mask_and_the_options_are_checked(stage1, image, unet_calls):
+    empty = binarize(np.ones((H, W), np.float32), nothing_missing())
+    notebook = InpaintStage1(stage1.pipe, resolution=None, paste_back=False, skip_empty_mask=False)
+    result = notebook(image, "a cat", empty, strength=0.5, num_steps=1, seed=0)
+    assert result.ran and len(unet_calls) == 1 and result.image.size == image.size  # output_size: input
+    assert not np.array_equal(np.asarray(result.image), np.asarray(image))  # nothing pasted back
+    with pytest.raises(ValueError, match="paste_back needs output_size='input'"):
+        InpaintStage1(stage1.pipe, output_size="working")
+    with pytest.raises(ValueError, match="working_size"):
+        InpaintStage1(stage1.pipe, working_size="square")

@@ -89,7 +89,7 @@ def _run(blur_db, tiny_clip, output, *, epochs, lr=2e-3, resume=False):
     model, tokenizer = tiny_clip
     learner = QualityPromptLearner.from_text_pair(model, tokenizer)
     config = TrainConfig(factor="technical", epochs=epochs, lr=lr, batch_size=128)
-    return train_pq_prompts(model, learner, data, output, config, input_size=INPUT_SIZE, resume=resume, progress=False)
+    return train_pq_prompts(model, learner, data, output, config, input_size=INPUT_SIZE, resume=resume, progress=False, num_blocks=2)
 
 
 EPOCHS = 60
@@ -153,7 +153,7 @@ def test_file_round_trip_gives_the_in_memory_scores(blur_db, tiny_clip, tmp_path
     with torch.no_grad():
         learner.ctx.add_(0.3 * torch.randn_like(learner.ctx))  # any learned state
     paths = sorted(blur_db.glob("*.png"))[:6]
-    features = encode_images(vvv_surgery(model, num_blocks=1), paths, input_size=INPUT_SIZE, progress=False).features
+    features = encode_images(vvv_surgery(model, num_blocks=2), paths, input_size=INPUT_SIZE, progress=False).features
     with torch.no_grad():
         in_memory = torch.sigmoid(features[:, 0] @ learner(model))
     learner.save(tmp_path / "PQ-overall.pth")
@@ -287,7 +287,8 @@ def test_empty_split_after_unreadable_images_is_an_error(tiny_clip, tmp_path):
     data = prepare_training_data(tmp_path / "labels.csv", tmp_path, "mos", val_split=0.4)
     model, tokenizer = tiny_clip
     with pytest.raises(TrainingDataError, match="could not be read"):
-        train_pq_prompts(model, QualityPromptLearner.from_text_pair(model, tokenizer), data, tmp_path / "out", TrainConfig(epochs=1), progress=False)
+        learner = QualityPromptLearner.from_text_pair(model, tokenizer)
+        train_pq_prompts(model, learner, data, tmp_path / "out", TrainConfig(epochs=1), progress=False, num_blocks=2)
 
 
 def test_xlsx_tables_and_a_separate_validation_table(blur_db, tmp_path):

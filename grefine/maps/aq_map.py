@@ -6,12 +6,16 @@ Pipeline of one call ``AQMap(model, tokenizer)(image, prompt)``:
    ancestor phrase and its *content* — its words without NLTK's English stop words and
    punctuation (Eq. 4, Algorithm 1: :func:`grefine.maps.syntax_tree.parse_prompt`);
 2. Eq. 5 for the whole cleaned prompt, every phrase content ``phs[j]`` and every noun ``pns[j]``,
-   with the VVV image tokens (Eq. 1) and the text features L2-normalised:
-   ``s = tokens · (C_T(text) − C_T(""))`` — the empty string's feature is CLIP-Surgery's redundant
-   feature, removed by subtraction. All texts of a prompt (and ``""``) go through the text tower
-   as one batch — all texts of all prompts for a batch of images (:meth:`AQMap.read`, whose VVV
-   tokens may come from a tower pass shared with PQ-Map); each text is encoded on its own, so a
-   prompt longer than CLIP's context only truncates the whole-prompt term (with a warning).
+   with the VVV image tokens (Eq. 1) normalised as the authors' code does (``feature_norm``,
+   :func:`~grefine.maps.clip_surgery.normalize_tokens`: each channel over the image's tokens by
+   default) and L2-normalised text features: ``s = tokens · (C_T(text) − C_T(""))`` — the empty
+   string's feature is CLIP-Surgery's redundant feature, removed by subtraction. ``C_T`` is the
+   authors' 85-template prompt ensemble by default (``text_encoding="ensemble"``; ``"bare"``:
+   the text alone), :class:`~grefine.maps.text_features.TextFeatures`: the distinct texts of all
+   prompts of a batch (and ``""``) go through the text tower together, each once, and are kept
+   in memory and on disk for later images and runs (:meth:`AQMap.read`, whose VVV tokens may come
+   from a tower pass shared with PQ-Map); each text is encoded on its own, so a prompt longer
+   than CLIP's context only truncates the whole-prompt term (with a warning).
 3. the score of a text is ``σ(10·s_CLS)`` and its map is ``s`` over the patch grid, min-max
    normalised per text and resized bicubically to the image (BIC);
 4. Eq. 6-8 (:func:`classify_defects`, :func:`merge_defect_map`, :func:`emphasize_defects`,
@@ -26,17 +30,18 @@ Interpretations written down here (and in the README):
 
 * Eq. 5's "softmax" is read as the authors' released code computes it: a logistic score
   ``σ(10·s)`` at the CLS token and a per-text min-max normalised patch map (a constant map
-  becomes all ones). Their code also averages each text over 85 ImageNet prompt templates; we
-  encode the text itself, as Eq. 5 is printed. Phrases and nouns are scored without stop words
-  and punctuation, as in their notebook, so that "a cat" is not compared with "cat".
+  becomes all ones), each text averaged over the 85 prompt templates as their code does.
+  Phrases and nouns are scored without stop words and punctuation, as in their notebook, so
+  that "a cat" is not compared with "cat".
 * Eq. 6 is printed with its two cases the other way round than the text describes them. We follow
   the text and the released notebook. A phrase is *noun-unmatched* when ``a_pns[j] < a_bound``
   (checked first), *adjective-unmatched* when ``a_phs[j] < a_pns[j] − margin``. The defect map
   ``D`` starts at 0 and takes the pixel-wise maximum (the notebook's ``np.maximum``) of each
   defective phrase's *target map*: a noun-unmatched phrase's target is its ancestor's noun map
-  (the missing object belongs in its ancestor's region) or, when the phrase is its own ancestor
-  or its ancestor is not scored, the whole-prompt map; an adjective-unmatched phrase's target is
-  its own noun map. So ``D = 0`` exactly when nothing is defective, and adding a defect never
+  (the missing object belongs in its ancestor's region) — its own noun's map when the phrase
+  is its own ancestor (a top-level phrase, usually the subject: the notebook's parent of such a
+  phrase is the phrase itself), the whole-prompt map when its ancestor is not scored; an
+  adjective-unmatched phrase's target is its own noun map. So ``D = 0`` exactly when nothing is defective, and adding a defect never
   lowers ``D``. The alignment *quality* view ``A = 1 − D`` is :attr:`AQMapResult.alignment_map`.
 * A phrase whose content is empty (only stop words) is not scored and never defective. A phrase
   without a noun (a prompt with no noun at all) plays its own noun: ``a_pns = a_phs`` and
@@ -55,24 +60,23 @@ Interpretations written down here (and in the README):
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 from grefine.image_io import PathLike, as_rgb_image, resize_map
-from grefine.maps.clip_surgery import ImageTokens, InputSize, TowerPasses, vvv_surgery
+from grefine.maps.clip_surgery import FeatureNorm, ImageTokens, InputSize, TowerPasses, normalize_tokens, vvv_surgery
 from grefine.maps.syntax_tree import (
     ParsedPrompt,
     clean_prompt,
     is_content_word,
     parse_prompt,
 )
+from grefine.maps.text_features import TextCache, TextEncoding, TextFeatures, resolve_text_cache
 
 DefectKind = Literal["none", "noun_unmatched", "adjective_unmatched"]
 
@@ -238,12 +242,13 @@ def target_maps(
     defects: Sequence[DefectKind],
 ) -> list[np.ndarray]:
     """Each defective phrase's region (Eq. 6, as the paper's text and the notebook describe it):
-    noun-unmatched → the ancestor's noun map, or the whole-prompt map when the phrase is its own
-    ancestor or its ancestor is not scored; adjective-unmatched → its own noun map."""
+    noun-unmatched → the ancestor's noun map (the phrase's own noun map when it is its own
+    ancestor, as in the notebook), or the whole-prompt map when its ancestor is not scored;
+    adjective-unmatched → its own noun map."""
     targets = []
     for j, (ancestor, defect) in enumerate(zip(ancestors, defects, strict=True)):
         if defect == "noun_unmatched":
-            targets.append(noun_maps[ancestor] if ancestor != j and scored[ancestor] else prompt_map)
+            targets.append(noun_maps[ancestor] if scored[ancestor] else prompt_map)
         elif defect == "adjective_unmatched":
             targets.append(noun_maps[j])
     return targets
@@ -362,11 +367,6 @@ def minmax_per_text(similarity: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (similarity - low) / span.clamp_min(1e-12), torch.ones_like(similarity))
 
 
-def _token_count(tokenizer, text: str) -> Optional[int]:
-    encode = getattr(tokenizer, "encode", None)
-    return len(encode(text)) + 2 if callable(encode) else None  # + start and end tokens
-
-
 class AQMap(nn.Module):
     """Alignment defect map (Eq. 4-8) for any open_clip ViT.
 
@@ -381,6 +381,13 @@ class AQMap(nn.Module):
         emphasis: Eq. 7's weight (0.1); 0 emphasises nothing.
         input_size: CLIP input size; None = the model's own, an int or (height, width), or
             ``"native"`` = each image's own size rounded to the patch.
+        feature_norm: how the image tokens are normalised before Eq. 5: ``"tokens"`` (the
+            authors' code, default) or ``"channels"``; see
+            :func:`~grefine.maps.clip_surgery.normalize_tokens`.
+        text_encoding: ``"ensemble"`` (the authors' 85 prompt templates, default) or ``"bare"``.
+        text_cache: the text features' disk cache: ``"auto"`` (grefine's cache folder,
+            ``$GREFINE_CACHE_DIR`` or ``~/.cache/grefine``), a folder, or None (memory only);
+            :class:`~grefine.maps.text_features.TextFeatures`.
     """
 
     def __init__(
@@ -394,18 +401,22 @@ class AQMap(nn.Module):
         margin: float = DEFAULT_MARGIN,
         emphasis: float = EMPHASIS_WEIGHT,
         input_size: InputSize = None,
+        feature_norm: FeatureNorm = "tokens",
+        text_encoding: TextEncoding = "ensemble",
+        text_cache: TextCache = "auto",
     ) -> None:
         super().__init__()
         if beta <= 0 or margin < 0 or emphasis < 0:
             raise ValueError(f"need beta > 0, margin ≥ 0 and emphasis ≥ 0, got {beta}, {margin}, {emphasis}")
+        normalize_tokens(torch.ones(1, 1), feature_norm)  # validates the mode early
         self.surgery = vvv_surgery(model, num_blocks=num_blocks)
-        self.tokenizer = tokenizer
+        self.text_features = TextFeatures(model, tokenizer, encoding=text_encoding, cache_dir=resolve_text_cache(text_cache))
+        self.feature_norm = feature_norm
         self.a_bound = float(a_bound)
         self.beta = float(beta)
         self.margin = float(margin)
         self.emphasis = float(emphasis)
         self.input_size = input_size
-        self._text_features: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -425,36 +436,13 @@ class AQMap(nn.Module):
         model, tokenizer = load_open_clip(model_name, pretrained, device=device, precision=precision)
         return cls(model, tokenizer, **kwargs).to(next(model.parameters()).device)
 
-    @property
-    def context_length(self) -> int:
-        return int(getattr(self.tokenizer, "context_length", 77))
-
-    @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text features (K, D), all texts in one batch; texts longer than the
-        context are truncated by the tokenizer, with a warning."""
-        for text in texts:
-            count = _token_count(self.tokenizer, text)
-            if count is not None and count > self.context_length:
-                warnings.warn(
-                    f"text of {count} tokens is longer than CLIP's {self.context_length}-token context and is "
-                    f"truncated for its alignment score: {text[:60]!r}...",
-                    stacklevel=3,
-                )
-        device = next(self.surgery.model.parameters()).device
-        features = self.surgery.model.encode_text(self.tokenizer(list(texts)).to(device))
-        return F.normalize(features.float(), dim=-1)
-
     def text_directions(self, texts: Sequence[str]) -> torch.Tensor:
-        """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D). The texts not seen before (and
-        ``""``) go through the text tower in one batch; every text's features are kept, so reading
-        an image again for the same prompt (the re-read after refining) encodes nothing."""
-        new = [text for text in dict.fromkeys(["", *texts]) if text not in self._text_features]
-        if new:
-            self._text_features.update(zip(new, self.encode_texts(new)))
-        empty = self._text_features[""]
-        features = [self._text_features[text] for text in texts]
-        return (torch.stack(features) if features else empty.new_zeros((0, empty.numel()))) - empty
+        """Eq. 5's ``C_T(text) − C_T("")`` for ``texts`` (K, D): the features of the texts and
+        ``""`` that are not cached yet are encoded together, each once; every text's features are
+        kept, so reading an image again for the same prompt (the re-read after refining) encodes
+        nothing."""
+        features = self.text_features(["", *texts])
+        return features[1:] - features[:1]
 
     @torch.no_grad()
     def align(self, image: Image.Image, texts: Sequence[str]) -> Alignment:
@@ -465,7 +453,7 @@ class AQMap(nn.Module):
 
     def _alignment(self, image: ImageTokens, directions: torch.Tensor) -> Alignment:
         """Eq. 5 read out of one image's VVV tokens for the K text ``directions`` (K, D)."""
-        tokens = F.normalize(image.tokens.to(directions.device).float(), dim=-1)
+        tokens = normalize_tokens(image.tokens.to(directions.device), self.feature_norm)
         similarity = tokens @ directions.t()  # (1 + h·w, K)
         scores = torch.sigmoid(SCORE_TEMPERATURE * similarity[0])
         patches = minmax_per_text(similarity[1:].t()).view(len(directions), *image.grid)
@@ -476,7 +464,7 @@ class AQMap(nn.Module):
     def read(self, tower: TowerPasses, prompts: Sequence[str]) -> list[AQMapResult]:
         """AQ-Map of every image of ``tower`` for its prompt (Eq. 4-8): the VVV tokens come from
         ``tower`` (shared with any other map reading the same tower) and the texts of all prompts
-        go through the text tower as one batch, each distinct text once."""
+        that are not cached yet go through the text tower together, each distinct text once."""
         if len(prompts) != len(tower.images):
             raise ValueError(f"need one prompt per image: {len(tower.images)} images, {len(prompts)} prompts")
         parsed = [parse_prompt(prompt) for prompt in prompts]

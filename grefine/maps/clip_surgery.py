@@ -36,6 +36,8 @@ from grefine.image_io import to_clip_tensor
 
 AttentionMode = Literal["vvv", "vvv_l2"]
 InputSize = Union[None, int, tuple[int, int], Literal["native"]]
+FeatureNorm = Literal["tokens", "channels"]
+FEATURE_NORMS = ("tokens", "channels")
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -220,6 +222,24 @@ class VVVSurgery(nn.Module):
 def vvv_surgery(model: nn.Module, num_blocks: int = 6, attention: AttentionMode = "vvv") -> VVVSurgery:
     """Factory: wrap any open_clip ViT as CLIP-Surgery's dual-path model (Eq. 1)."""
     return VVVSurgery(model, num_blocks=num_blocks, attention=attention)
+
+
+def normalize_tokens(tokens: torch.Tensor, mode: FeatureNorm = "tokens") -> torch.Tensor:
+    """One image's projected token features (1 + h·w, embed_dim) normalised for the read-outs of
+    Eq. 3 and Eq. 5, in float32.
+
+    ``"tokens"`` (the authors' code: ``image_features / image_features.norm(dim=1, keepdim=True)``
+    on a (B, 1 + h·w, C) tensor in ``PQ-Map.py``, ``AQ-Map.py`` and CLIP-Surgery's demo): each
+    feature *channel* is divided by its L2 norm over the image's tokens, CLS included, so a
+    token's similarity depends on the other tokens of the same image (never on other images of
+    a batch). ``"channels"``: each token divided by its own L2 norm (the usual CLIP cosine).
+    """
+    tokens = tokens.float()
+    if mode == "tokens":
+        return tokens / tokens.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    if mode == "channels":
+        return F.normalize(tokens, dim=-1)
+    raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {mode!r}")
 
 
 @dataclass(frozen=True)

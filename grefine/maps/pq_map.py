@@ -5,7 +5,9 @@ Pipeline of one call:
 1. the image is resized (bicubic, no crop) to the CLIP input size and encoded by the
    VVV-surgery image tower (Eq. 1, :mod:`grefine.maps.clip_surgery`; :meth:`PQMap.read` takes
    the tokens of a :class:`~grefine.maps.clip_surgery.TowerPasses`, whose pass AQ-Map may share);
-   the token features are L2-normalised, as in the authors' script;
+   the token features are normalised as the authors' script does (``feature_norm="tokens"``:
+   each feature channel divided by its L2 norm over the image's tokens, ``PQ-Map.py`` l. 61;
+   ``"channels"``: each token L2-normalised, :func:`~grefine.maps.clip_surgery.normalize_tokens`);
 2. four quality-prompt pairs T_p (overall, technical, rational, natural; row 0 positive, row 1
    negative) are encoded by the text tower from their *token embeddings* (Eq. 2) — the official
    learned embeddings — or, when none are given, from plain CLIP-IQA style antonym texts;
@@ -38,17 +40,18 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from grefine.errors import MissingWeightsError
 from grefine.image_io import ImageInput, PathLike, as_rgb_image, resize_map
 from grefine.maps.pq_embeddings import OFFICIAL, official_folder
 from grefine.maps.clip_surgery import (
     AttentionMode,
+    FeatureNorm,
     ImageTokens,
     InputSize,
     TowerPasses,
     encode_text_embeddings,
+    normalize_tokens,
     vvv_surgery,
 )
 
@@ -240,6 +243,9 @@ class PQMap(nn.Module):
         input_size: CLIP input size; None = the model's own (224² for ViT-B/16, as the authors),
             an int or (height, width), or ``"native"`` = each image's own size rounded to the patch.
         map_normalization: see the module docstring.
+        feature_norm: how the image tokens are normalised before Eq. 3: ``"tokens"`` (the
+            authors' script, default) or ``"channels"`` (each token's own L2 norm);
+            :func:`~grefine.maps.clip_surgery.normalize_tokens`.
     """
 
     def __init__(
@@ -253,15 +259,18 @@ class PQMap(nn.Module):
         alpha: Sequence[float] = DEFAULT_ALPHA,
         input_size: InputSize = None,
         map_normalization: MapNormalization = "none",
+        feature_norm: FeatureNorm = "tokens",
     ) -> None:
         super().__init__()
         if len(alpha) != 3 or min(alpha) <= 0:
             raise ValueError(f"alpha must be three positive bounds (technical, rational, natural), got {alpha}")
-        normalize_map(torch.zeros(1, 1), map_normalization)  # validates the mode early
+        normalize_map(torch.zeros(1, 1), map_normalization)  # validates the modes early
+        normalize_tokens(torch.ones(1, 1), feature_norm)
         self.surgery = vvv_surgery(model, num_blocks=num_blocks, attention=attention)
         self.alpha = tuple(float(a) for a in alpha)
         self.input_size = input_size
         self.map_normalization = map_normalization
+        self.feature_norm = feature_norm
         if embeddings is None:
             if tokenizer is None:
                 raise ValueError("PQMap needs either quality embeddings or a tokenizer for the text-pair fallback.")
@@ -308,7 +317,7 @@ class PQMap(nn.Module):
         return [self._result(tokens) for tokens in tower.tokens(self.surgery, self.input_size)]
 
     def _result(self, image: ImageTokens) -> PQMapResult:
-        tokens = F.normalize(image.tokens.to(self.text_direction.device).float(), dim=-1)
+        tokens = normalize_tokens(image.tokens.to(self.text_direction.device), self.feature_norm)
         probabilities = torch.sigmoid(tokens @ self.text_direction.t())  # Eq. 3's L_raw → σ
         per_token = cask_effect(probabilities, self.alpha)
         grid_map = per_token[1:].view(*image.grid)

@@ -4,7 +4,8 @@ Eq. 10 runs ``D^{z1}_{n1} ··· D^{z1}_1`` on the image with ``z1`` of Eq. 9, w
 strength come from :mod:`grefine.refine.mask`:
 
 * :func:`inference_steps_for` turns "run n1 denoising steps" into diffusers' step arguments;
-* :class:`InpaintStage1` runs the steps and pastes the result back;
+* :class:`InpaintStage1` runs the steps and pastes the result back (the paper preset), or, with
+  the authors' notebook's options, returns SDXL's whole regenerated image at its own size;
 * :func:`working_size` and :class:`StepCounter` are shared with the benchmark's SDXL baselines
   (:mod:`grefine.bench.methods`).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
@@ -53,11 +54,19 @@ def inference_steps_for(steps_to_run: int, strength: float) -> int:
     return total
 
 
-def working_size(size: tuple[int, int], resolution: int | None, vae_scale_factor: int) -> tuple[int, int]:
+WorkingSize = Literal["fit", "pipeline"]
+OutputSize = Literal["input", "working"]
+NOTEBOOK_MULTIPLE = 32
+"""The authors' notebook resizes the image to long side 1024 in multiples of 32 before SDXL."""
+
+
+def working_size(
+    size: tuple[int, int], resolution: int | None, vae_scale_factor: int, multiple: int | None = None
+) -> tuple[int, int]:
     """The ``(width, height)`` at which an SDXL pipeline processes an image of ``size``: long side
-    ``resolution`` (``None`` keeps the size), each side rounded to a multiple of
-    ``2 · vae_scale_factor`` (at least 8, which diffusers checks)."""
-    multiple = max(8, 2 * vae_scale_factor)
+    ``resolution`` (``None`` keeps the size), each side rounded to a multiple of ``multiple``
+    (default ``2 · vae_scale_factor``, at least 8, which diffusers checks)."""
+    multiple = multiple or max(8, 2 * vae_scale_factor)
     scale = 1.0 if resolution is None else resolution / max(size)
     return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
 
@@ -78,8 +87,9 @@ class Stage1Result:
     """Output of :class:`InpaintStage1`.
 
     Attributes:
-        image: the refined image, same size and mode (RGB) as the input; equal to the input
-            where the mask's soft weight is 0, and the input itself (a copy) when ``ran`` is False.
+        image: the refined image (RGB), the input's size — equal to the input where the mask's
+            soft weight is 0 when pasted back — or, with ``output_size="working"``, SDXL's own
+            output size; the input itself (a copy) when ``ran`` is False.
         ran: False when the mask was empty and stage 1 was skipped (no model call at all).
         steps_run: denoising steps actually run (UNet evaluations per CFG branch); 0 if skipped.
         strength: the denoising strength requested.
@@ -104,6 +114,15 @@ class InpaintStage1:
     Paste-back: the output is ``original · (1 − soft) + generated · soft`` with the mask's soft
     weight, so every pixel whose weight is 0 is bit-for-bit the input pixel.
 
+    The authors' notebook calls SDXL otherwise (``configs/authors-notebook.yaml``), and these
+    options reproduce it: ``working_size="pipeline"`` resizes the image (and mask) to long side
+    ``resolution`` in multiples of 32 and calls the pipeline without ``height``/``width``, so
+    diffusers works at its default size (1024×1024 for SDXL, whatever the aspect ratio);
+    ``paste_back=False`` keeps SDXL's whole regenerated image (its 9-channel inpainting UNet
+    redraws every pixel, the mask only conditions it); ``output_size="working"`` returns it at
+    that size instead of the input's; ``skip_empty_mask=False`` runs stage 1 on an empty mask too.
+    The defaults are the paper preset's.
+
     Prompt emphasis (Eq. 7): an :class:`~grefine.maps.aq_map.EmphasizedPrompt` is encoded with
     ``compel`` (the prompt-weighting library; :func:`emphasized_embeddings`): for both SDXL text
     encoders, the tokens of each emphasised span get ``E_∅ + w·(E − E_∅)`` with ``w = 1 + weight``
@@ -115,9 +134,28 @@ class InpaintStage1:
     77-token context, as ``encode_prompt`` does.
     """
 
-    def __init__(self, pipe: StableDiffusionXLInpaintPipeline, *, resolution: int | None = 1024):
+    def __init__(
+        self,
+        pipe: StableDiffusionXLInpaintPipeline,
+        *,
+        resolution: int | None = 1024,
+        paste_back: bool = True,
+        working_size: WorkingSize = "fit",
+        output_size: OutputSize = "input",
+        skip_empty_mask: bool = True,
+    ):
+        if working_size not in ("fit", "pipeline") or output_size not in ("input", "working"):
+            raise ValueError(
+                f"working_size must be 'fit' or 'pipeline' and output_size 'input' or 'working', got {working_size!r}, {output_size!r}"
+            )
+        if paste_back and output_size == "working":
+            raise ValueError("paste_back needs output_size='input' (the input's pixels are pasted around the mask)")
         self.pipe = pipe
         self.resolution = resolution
+        self.paste_back = paste_back
+        self.working_mode = working_size
+        self.output_size = output_size
+        self.skip_empty_mask = skip_empty_mask
         pipe.set_progress_bar_config(disable=True)  # the runner shows one bar per folder
 
     @classmethod
@@ -131,6 +169,7 @@ class InpaintStage1:
         cpu_offload: bool = False,
         resolution: int | None = 1024,
         vae: str | None = None,
+        options: dict | None = None,
         **kwargs,
     ) -> InpaintStage1:
         """Load a ``StableDiffusionXLInpaintPipeline`` from a hub id or a local folder.
@@ -144,6 +183,8 @@ class InpaintStage1:
             cpu_offload: ``enable_model_cpu_offload`` (accelerate) instead of moving the whole
                 pipeline to the device: one sub-model at a time on the GPU, for small GPUs.
             resolution: working long side, see the class docstring.
+            options: the class's other keyword options (``paste_back``, ``working_size``,
+                ``output_size``, ``skip_empty_mask``).
             vae: hub id or folder of an ``AutoencoderKL`` loaded in place of the model's own VAE,
                 e.g. ``madebyollin/sdxl-vae-fp16-fix`` for a checkpoint whose VAE overflows in
                 fp16. In fp16, diffusers runs a VAE whose config sets ``force_upcast`` in fp32;
@@ -176,7 +217,7 @@ class InpaintStage1:
                 f"{error}. Download them while online or point the config at a local folder; "
                 "see checkpoints/README.md."
             ) from error
-        return cls(place_pipeline(pipe, device, cpu_offload), resolution=resolution)
+        return cls(place_pipeline(pipe, device, cpu_offload), resolution=resolution, **(options or {}))
 
     def __call__(
         self,
@@ -255,7 +296,7 @@ class InpaintStage1:
             raise ValueError(f"mask {mask.binary.shape} does not match image {image.size[::-1]}")
         start = time.perf_counter()
         count = len(generators)
-        if mask.is_empty:
+        if mask.is_empty and self.skip_empty_mask:
             return [Stage1Result(image.copy(), False, 0, strength, time.perf_counter() - start) for _ in range(count)]
 
         width, height = self._working_size(image.size)
@@ -265,12 +306,13 @@ class InpaintStage1:
             lambda v: 255 * (v > 0)
         )
         working = image.resize((width, height), Image.LANCZOS)
+        # "pipeline": no height/width, diffusers works at its default size (the notebook)
+        size = {"height": height, "width": width} if self.working_mode == "fit" else {}
         counter = StepCounter()
         pixels = self.pipe(
             image=working if count == 1 else [working] * count,
             mask_image=mask_image,
-            height=height,
-            width=width,
+            **size,
             strength=strength,
             num_inference_steps=inference_steps_for(num_steps, strength),
             guidance_scale=guidance_scale,
@@ -284,12 +326,22 @@ class InpaintStage1:
             raise NonFiniteImageError.for_stage("stage 1 (SDXL inpainting)", self.pipe.unet.dtype)
         seconds = time.perf_counter() - start
         return [
-            Stage1Result(paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft), True, counter.steps, strength, seconds)
+            Stage1Result(self._output(image, generated, mask), True, counter.steps, strength, seconds)
             for generated in self.pipe.image_processor.numpy_to_pil(pixels)
         ]
 
+    def _output(self, image: Image.Image, generated: Image.Image, mask: MaskResult) -> Image.Image:
+        """Stage 1's image from SDXL's output: pasted back at the input's size (the paper
+        preset), SDXL's whole image at the input's size, or at its own (``output_size="working"``)."""
+        if self.output_size == "working":
+            return generated
+        if self.paste_back:
+            return paste_back(image, generated.resize(image.size, Image.LANCZOS), mask.soft)
+        return generated.resize(image.size, Image.LANCZOS)
+
     def _working_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        return working_size(size, self.resolution, self.pipe.vae_scale_factor)
+        multiple = NOTEBOOK_MULTIPLE if self.working_mode == "pipeline" else None
+        return working_size(size, self.resolution, self.pipe.vae_scale_factor, multiple)
 
     def _prompt_embeds(self, prompt: str | EmphasizedPrompt) -> dict:
         """The prompt arguments of the pipeline call: plain text, or Eq. 7's embeddings."""

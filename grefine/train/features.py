@@ -2,8 +2,10 @@
 image encoder is frozen as CLIP-Surgery; only the text side is updated).
 
 PQ-Map's score p of a factor is read at the CLS token of the VVV-surgery tower (Eq. 3,
-:mod:`grefine.maps.pq_map`), so an image contributes one L2-normalised feature: token 0 of
-:meth:`~grefine.maps.clip_surgery.VVVSurgery.forward_tokens`, after PQ-Map's own pre-processing
+:mod:`grefine.maps.pq_map`), so an image contributes one feature: token 0 of
+:meth:`~grefine.maps.clip_surgery.VVVSurgery.forward_tokens`, normalised as PQ-Map normalises it
+(``feature_norm``, :func:`~grefine.maps.clip_surgery.normalize_tokens`: by default each channel
+over the image's tokens, as the authors' script), after PQ-Map's own pre-processing
 (bicubic resize to the input size, no crop; :func:`grefine.image_io.to_clip_tensor`). The tower
 is frozen and this input is deterministic, so caching the features is exact: training then
 costs one text-tower pass per step. The one augmentation offered, pyiqa's horizontal flip, has
@@ -22,12 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from grefine.image_io import load_image, to_clip_tensor
-from grefine.maps.clip_surgery import InputSize, VVVSurgery
+from grefine.maps.clip_surgery import FeatureNorm, InputSize, VVVSurgery, normalize_tokens
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _views(path: Path, surgery: VVVSurgery, input_size: InputSize, hflip: bool) 
 
 
 def _encode_chunk(
-    surgery: VVVSurgery, tensors: Sequence[torch.Tensor], device: torch.device
+    surgery: VVVSurgery, tensors: Sequence[torch.Tensor], device: torch.device, feature_norm: FeatureNorm
 ) -> list[torch.Tensor]:
     """CLS features (views, embed_dim) of each image; images of one input size share a forward."""
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -57,7 +58,7 @@ def _encode_chunk(
     out: list[Optional[torch.Tensor]] = [None] * len(tensors)
     for positions in groups.values():
         batch = torch.cat([tensors[p] for p in positions]).to(device)
-        cls = F.normalize(surgery.forward_tokens(batch)[:, 0].float(), dim=-1).cpu()
+        cls = torch.stack([normalize_tokens(tokens, feature_norm)[0] for tokens in surgery.forward_tokens(batch)]).cpu()
         for position, features in zip(positions, cls.view(len(positions), -1, cls.shape[-1])):
             out[position] = features
     return out  # type: ignore[return-value]
@@ -74,8 +75,10 @@ def encode_images(
     workers: int = 4,
     accelerator=None,
     progress: bool = True,
+    feature_norm: FeatureNorm = "tokens",
 ) -> ImageFeatures:
-    """Cache the normalised CLS feature of every image (and of its mirror when ``hflip``).
+    """Cache the normalised CLS feature of every image (and of its mirror when ``hflip``), each
+    view's tokens normalised by ``feature_norm`` as :class:`~grefine.maps.pq_map.PQMap` does.
 
     Images that cannot be read are left out and reported, never fatal. Decoding and resizing
     run on ``workers`` threads; the tower runs in batches of ``batch_size`` images.
@@ -99,7 +102,7 @@ def encode_images(
             prepared = list(pool.map(prepare, mine[start:start + batch_size]))
             good = [(i, t) for i, t in prepared if isinstance(t, torch.Tensor)]
             failed += [(i, t) for i, t in prepared if not isinstance(t, torch.Tensor)]  # type: ignore[misc]
-            features = _encode_chunk(surgery, [t for _, t in good], device) if good else []
+            features = _encode_chunk(surgery, [t for _, t in good], device, feature_norm) if good else []
             encoded += [(i, f) for (i, _), f in zip(good, features)]
             bar.update(len(prepared))
     bar.close()

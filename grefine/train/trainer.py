@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from grefine.eval.correlation import correlations
 from grefine.image_io import atomic_write, write_text_atomic
-from grefine.maps.clip_surgery import InputSize, vvv_surgery
+from grefine.maps.clip_surgery import FeatureNorm, InputSize, vvv_surgery
 from grefine.maps.pq_map import QUALITY_FACTORS
 from grefine.train.dataset import (
     ScoredImage,
@@ -354,13 +354,16 @@ def _feature_set(
     accelerator,
     progress: bool,
     workers: int,
+    num_blocks: int,
+    feature_norm: FeatureNorm,
 ) -> tuple[torch.Tensor, list[ScoredImage], list[SkippedRow]]:
-    # Token 0 (the CLS score token) is the original path's output whatever the number of
-    # VVV blocks, so the cheapest surgery (one block) gives PQ-Map's exact CLS feature.
-    surgery = vvv_surgery(model, num_blocks=1)
+    # Token 0 (the CLS score token) is the original path's output, but with the authors'
+    # token-axis normalisation its normalised value depends on every VVV patch token: the
+    # surgery is PQ-Map's own (its number of VVV blocks).
+    surgery = vvv_surgery(model, num_blocks=num_blocks)
     encoded = encode_images(
         surgery, [item.path for item in items], input_size=input_size, hflip=hflip,
-        accelerator=accelerator, progress=progress, workers=workers,
+        accelerator=accelerator, progress=progress, workers=workers, feature_norm=feature_norm,
     )
     kept = [items[i] for i in encoded.kept]
     skipped = [SkippedRow(items[i].source, items[i].row, items[i].name, error) for i, error in encoded.unreadable]
@@ -388,20 +391,26 @@ def train_pq_prompts(
     description: Optional[dict] = None,
     progress: bool = True,
     workers: int = 4,
+    num_blocks: int = 6,
+    feature_norm: FeatureNorm = "tokens",
 ) -> TrainResult:
     """Cache the image features of ``data``, normalise its scores and train ``learner``
     (:class:`PromptTrainer`). Unreadable images are skipped, counted in the result and listed
     in ``skipped_rows.csv`` together with the rows the table reader skipped.
 
     ``description``: extra JSON-able facts about the run (model, initialisation) that a resumed
-    run must share.
+    run must share. ``num_blocks`` and ``feature_norm`` are those of the PQ-Map that will read
+    the prompts (:class:`~grefine.maps.pq_map.PQMap`'s defaults: 6, ``"tokens"``).
     """
     config.check()
     output_dir = Path(output_dir)
     check_output(output_dir, resume)
     accelerator = accelerator or make_accelerator(config.seed)
     model = model.to(accelerator.device).eval().requires_grad_(False)
-    options = dict(input_size=input_size, hflip=config.hflip, accelerator=accelerator, progress=progress, workers=workers)
+    options = dict(
+        input_size=input_size, hflip=config.hflip, accelerator=accelerator, progress=progress, workers=workers,
+        num_blocks=num_blocks, feature_norm=feature_norm,
+    )
     train_features, train_items, train_skipped = _feature_set(model, data.train, **options)
     val_features, val_items, val_skipped = _feature_set(model, data.val, **options)
     skipped = data.skipped + train_skipped + val_skipped
@@ -417,6 +426,8 @@ def train_pq_prompts(
         **asdict(config),
         "score_range": list(score_range),
         "input_size": input_size,
+        "num_blocks": num_blocks,
+        "feature_norm": feature_norm,
         "data": fingerprint(train_items, val_items),
         **(description or {}),
     }

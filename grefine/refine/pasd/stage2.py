@@ -23,6 +23,11 @@ model is PASD (Yang et al., ECCV 2024), run with half of the iterations (§4.2).
   and the restoration's *change* (restored − downscaled input) is upscaled and added to the
   full-size input, so the input's finer detail is kept and the UNet, ControlNet and VAE never
   run above ``max_resolution`` — the memory of a call is bounded whatever the image size.
+* The prompt is ``test_pasd.py``'s (:func:`~grefine.refine.pasd.caption.pasd_prompt`): the
+  prompt, then ``added_prompt``; with a ``caption_model`` (CoCa, ``test_pasd.py``'s default), the
+  image's caption first and ``added_prompt`` appended without a separator.
+* ``input_jpeg_quality``: the input first goes through a JPEG at that quality, as the authors'
+  notebook hands stage 1's result to PASD as ``step-1.jpg`` (PIL's default quality 75).
 
 Not reproduced: PASD's tiling of the UNet over latents larger than 320×320 (images above
 2560 px a side run in one pass) and its GroupNorm-synchronised VAE tiles (see
@@ -30,6 +35,7 @@ Not reproduced: PASD's tiling of the UNet over latents larger than 320×320 (ima
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -44,6 +50,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from grefine.errors import NonFiniteImageError
 from grefine.image_io import fit_long_side
 
+from .caption import caption_image, pasd_prompt
 from .color_fix import ColorFix, apply_color_fix
 from .controlnet import PASDControlNetModel
 from .loading import load_component, load_pasd_model, pasd_component
@@ -76,9 +83,12 @@ class PASDStage2(DiffusionPipeline):
         color_fix: ``'wavelet'`` (PASD), ``'adain'`` or ``None``.
         upscale: integer output scale; G-Refine keeps the size (1).
         max_resolution: longest side PASD works at (see above); ``None``: the image's own.
+        caption_model: an open_clip CoCa whose caption of the image starts the prompt
+            (``test_pasd.py``'s default; :mod:`grefine.refine.pasd.caption`); None: no caption.
+        input_jpeg_quality: the input goes through a JPEG at this quality (1-95) first; None: not.
     """
 
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    model_cpu_offload_seq = "caption_model->text_encoder->controlnet->unet->vae"
 
     def __init__(
         self,
@@ -100,10 +110,18 @@ class PASDStage2(DiffusionPipeline):
         color_fix: ColorFix | None = "wavelet",
         upscale: int = 1,
         max_resolution: int | None = None,
+        caption_model: torch.nn.Module | None = None,
+        input_jpeg_quality: int | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            caption_model=caption_model,
         )
         factor = vae_scale_factor(vae)
         if encoder_tile_size % factor or encoder_tile_size < 2 * factor or decoder_tile_size < 2:
@@ -117,6 +135,8 @@ class PASDStage2(DiffusionPipeline):
             raise ValueError(f"upscale must be a positive integer, got {upscale!r}")
         if max_resolution is not None and max_resolution < 2 * factor:
             raise ValueError(f"max_resolution must be at least {2 * factor} pixels or None, got {max_resolution!r}")
+        if input_jpeg_quality is not None and not 1 <= input_jpeg_quality <= 95:
+            raise ValueError(f"input_jpeg_quality must be in [1, 95] or None, got {input_jpeg_quality!r}")
         self.register_to_config(
             added_noise_level=int(added_noise_level),
             conditioning_scale=float(conditioning_scale),
@@ -129,6 +149,7 @@ class PASDStage2(DiffusionPipeline):
             color_fix=color_fix,
             upscale=int(upscale),
             max_resolution=max_resolution,
+            input_jpeg_quality=input_jpeg_quality,
         )
 
     @classmethod
@@ -186,10 +207,14 @@ class PASDStage2(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         image = image.convert("RGB")
+        if self.config.input_jpeg_quality is not None:
+            image = jpeg_round_trip(image, self.config.input_jpeg_quality)
         target_size = (image.width * self.config.upscale, image.height * self.config.upscale)
         num_steps = round(strength * num_inference_steps)
         if num_steps == 0:
             return image.resize(target_size, Image.BICUBIC) if target_size != image.size else image.copy()
+        caption = caption_image(self.caption_model, image, self._execution_device) if self.caption_model is not None else None
+        prompt = pasd_prompt(prompt, self.config.added_prompt, caption)
 
         work_image = self._working_image(image, target_size)
         pixels = _pad_to_multiple(_to_tensor(work_image), vae_scale_factor(self.vae)).to(self._execution_device)
@@ -260,9 +285,9 @@ class PASDStage2(DiffusionPipeline):
         return (decoded / 2 + 0.5).clamp(0, 1)
 
     def _encode_prompt(self, prompt: str, guidance: bool) -> torch.Tensor:
-        """CLIP embeddings of ``[negative_prompt, prompt + added_prompt]`` (only the latter without guidance)."""
-        full_prompt = ", ".join(part for part in (prompt.strip(), self.config.added_prompt) if part)
-        texts = [self.config.negative_prompt, full_prompt] if guidance else [full_prompt]
+        """CLIP embeddings of ``[negative_prompt, prompt]`` (only the latter without guidance);
+        ``prompt`` is the full prompt (:func:`~grefine.refine.pasd.caption.pasd_prompt`)."""
+        texts = [self.config.negative_prompt, prompt] if guidance else [prompt]
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
@@ -291,6 +316,16 @@ class PASDStage2(DiffusionPipeline):
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start)
         return timesteps, latents * self.scheduler.init_noise_sigma
+
+
+def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` saved as a JPEG at ``quality`` (PIL's encoder and its default 4:2:0 subsampling)
+    and decoded again, in memory."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
 
 
 def _add_upscaled_change(full: Image.Image, small: Image.Image, restored: Image.Image) -> Image.Image:
