@@ -159,7 +159,8 @@ class WeightSource:
         if self.hub is not None:
             return f"  - {self.what}: '{self.source}' ({key}), from {HUB}: not in its local cache"
         if self.urls:
-            return f"  - {self.what}: '{self.source}' ({key}), from {self.origin}: not downloaded yet"
+            where = "" if self.origin == self.source else f", from {self.origin}"
+            return f"  - {self.what}: '{self.source}' ({key}){where}: not downloaded yet"
         if self.note:
             return f"  - {self.what}: {self.source} ({key}), {self.note}: not in its cache"
         files = f" (the files {', '.join(self.files)})" if self.files else ""
@@ -394,16 +395,23 @@ def missing_nltk_data() -> list[str]:
     return lines
 
 
-def check_weights(config: GRefineConfig, online: Optional[bool] = None, *, maps_only: bool = False) -> None:
+def check_weights(
+    config: GRefineConfig,
+    online: Optional[bool] = None,
+    *,
+    maps_only: bool = False,
+    extra: Sequence[WeightSource] = (),
+) -> None:
     """Raise :class:`WeightsUnavailableError` listing every missing weight (and NLTK's tagger and
     stop words, which AQ-Map needs unless the ablation drops it) when they cannot be had.
     ``maps_only``: only the map sections' weights (:func:`map_weights`), e.g. for scoring images
-    with PQ-Map and AQ-Map without refining them. The message suggests the smoke configuration
+    with PQ-Map and AQ-Map without refining them. ``extra``: more sources the run needs (e.g. the
+    files of the metric ``verify.select`` names). The message suggests the smoke configuration
     only to a config that needs weights."""
-    needed = map_weights(config) if maps_only else required_weights(config)
+    own = map_weights(config) if maps_only else required_weights(config)
     nltk = [] if config.ablation.drop_aq_map else missing_nltk_data()
     smoke = "For a smoke test without weights use configs/tiny-random.yaml" + (" (it needs the NLTK data too)." if nltk else ".")
-    require_weights(needed, f"config {config.source}", online=online, other_missing=nltk, hint=smoke if needed else "")
+    require_weights([*own, *extra], f"config {config.source}", online=online, other_missing=nltk, hint=smoke if own else "")
 
 
 def require_weights(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ from grefine.config import ConfigError, GRefineConfig, check_value  # noqa: E402
 from grefine.errors import MissingWeightsError, OneLineArgumentParser, RunInputError, RunInterrupted, interruption_text, printable, refusal_text  # noqa: E402
 from grefine.run.runner import Models, Processes, RunOptions, RunSummary, run_items  # noqa: E402
 from grefine.run.sources import check_encoding, scan_folder  # noqa: E402
-from grefine.weights import WeightsUnavailableError, check_weights  # noqa: E402
+from grefine.weights import WeightSource, WeightsUnavailableError, check_weights  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,12 +84,16 @@ def metric_names(args: argparse.Namespace, config: GRefineConfig) -> list[str]:
     return check_metric_names(names, where)
 
 
-def check_verify(config: GRefineConfig) -> None:
-    """A metric that ``verify.select`` names is one of the registry's no-reference metrics (no model is built)."""
-    if config.verify.metric is not None:
-        from grefine.eval.metrics import check_select_metric
+def check_verify(config: GRefineConfig) -> list[WeightSource]:
+    """A metric that ``verify.select`` names is one of the registry's no-reference metrics (no
+    model is built); returns the files it loads whose place is known, for the pre-flight."""
+    if config.verify.metric is None:
+        return []
+    from grefine.eval.metric_weights import metric_weights
+    from grefine.eval.metrics import check_select_metric
 
-        check_select_metric(config.verify.metric, f"verify.select in {config.source}")
+    check_select_metric(config.verify.metric, f"verify.select in {config.source}")
+    return [replace(source, config_key="verify.select") for source in metric_weights([config.verify.metric]) if not source.note]
 
 
 def loader(config: GRefineConfig, names: list[str], report: bool):
@@ -121,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         config = load_config(args)
         names = metric_names(args, config)
-        check_verify(config)
+        select_weights = check_verify(config)
         check_encoding(args.prompt_encoding)
-        check_weights(config)  # the pre-flight, before anything is written (the demo's inputs included)
+        check_weights(config, extra=select_weights)  # the pre-flight, before anything is written (the demo's inputs included)
         import torch
         from accelerate import PartialState
 

@@ -146,6 +146,31 @@ def test_a_refiner_without_maps_writes_only_its_image_and_row(tmp_path):
     assert row["mean_before"] == row["mean_after"]
 
 
+class _Upscaler:
+    """A stand-in refiner whose output has another size, as the notebook preset's SDXL 1024x1024."""
+
+    def __call__(self, image, prompt, *, seed=None):
+        return _Out(image.resize((64, 64), Image.BICUBIC), _Map(np.full((image.height, image.width), 0.5, np.float32), 0.5), _Defects(np.zeros((image.height, image.width), np.float32), 0.9), MaskResult(binary=np.ones((image.height, image.width), bool), soft=np.ones((image.height, image.width), np.float32)))
+
+
+def test_full_reference_metrics_score_an_output_of_another_size_at_the_inputs_size(tmp_path):
+    from grefine.eval.metrics import create_metrics
+
+    inputs = tmp_path / "in"
+    _write_images(inputs, ("a.png",))
+    (inputs / "a.txt").write_text("alpha")
+    metrics, failures = create_metrics(["psnr", "piqe"], device="cpu")
+    assert not failures
+    run_folder(_Upscaler(), inputs, tmp_path / "out", metrics=metrics, metric_names=["psnr", "piqe"], progress=False)
+    row = _rows(tmp_path / "out" / "results.csv")["a.png"]
+    assert row["error"] == "" and row["metric_errors"] == "", row["metric_errors"]
+    original = Image.open(inputs / "a.png").convert("RGB")
+    back = original.resize((64, 64), Image.BICUBIC).resize(original.size, Image.BICUBIC)
+    expected = float(metrics[0](back, reference=original))
+    assert float(row["psnr_after"]) == pytest.approx(expected, rel=1e-4) and float(row["psnr_after"]) < float(row["psnr_before"])
+    assert row["piqe_after"] != "" and "64x64 output resized to the input's 56x40" in row["note"]
+
+
 def test_metric_failures_are_recorded_per_row(tmp_path):
     inputs = tmp_path / "in"
     _write_images(inputs, ("a.png",))

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -429,3 +430,22 @@ def test_a_wrong_verify_value_is_refused_before_models_load(tmp_path, shared_dir
     assert len(err.strip().splitlines()) == 1 and err.startswith("grefine: ")
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_select_metric_without_its_weights_is_refused_before_anything_is_written(tmp_path, shared_dir, capsys, monkeypatch):
+    """Offline, a ``verify.select`` metric whose weights are not cached is listed by the pre-flight
+    (its config key named), and the run writes nothing: no output folder, no demo inputs."""
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(GRefinePipeline, "from_pretrained", no_models)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("pyiqa.utils.download_util.DEFAULT_CACHE_DIR", str(tmp_path / "empty-pyiqa-cache"))
+    config = _tiny_never_worse(tmp_path, shared_dir, select="musiq")
+    monkeypatch.chdir(tmp_path)
+    assert _refine_script().main(["--output", str(tmp_path / "out"), "--config", config, "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("grefine: cannot start with config") and "nothing can be downloaded" in lines[0]
+    assert any("metric musiq" in line and "config key verify.select" in line for line in lines[1:]), lines
+    assert not any("tiny-random" in line for line in lines)  # the config in use needs no other weights
+    assert {p.name for p in tmp_path.iterdir()} == {Path(config).name}  # no output folder, no demo inputs

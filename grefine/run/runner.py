@@ -131,7 +131,10 @@ class Refiner(Protocol):
 
 
 class Metric(Protocol):
+    """A metric of :mod:`grefine.eval.metrics`: ``full_reference`` ones compare with ``reference``."""
+
     name: str
+    full_reference: bool
 
     def __call__(self, image: Image.Image, prompt: Optional[str] = None, reference: Optional[Image.Image] = None) -> float: ...
 
@@ -473,10 +476,15 @@ class RunOptions:
             raise ValueError(f"RunOptions.report_every must be >= 0 seconds, got {self.report_every!r}.")
 
 
-def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference: Optional[Image.Image], suffix: str, row: dict, errors: list[str]) -> None:
+def _score(metrics: Sequence[Metric], image: Image.Image, prompt: str, reference: Image.Image, suffix: str, row: dict, errors: list[str]) -> None:
+    """Each metric of ``image`` into ``row`` (``<metric>_<suffix>``), or its reason into ``errors``.
+    A full-reference metric compares ``image`` at the reference's size: an output of another size
+    (``configs/authors-notebook.yaml`` keeps SDXL's 1024×1024) is resized to it, bicubic."""
+    at_reference = image if image.size == reference.size else image.resize(reference.size, Image.BICUBIC)
     for metric in metrics:
+        scored = at_reference if getattr(metric, "full_reference", False) else image
         try:
-            row[f"{metric.name}_{suffix}"] = float(metric(image, prompt=prompt, reference=reference))
+            row[f"{metric.name}_{suffix}"] = float(metric(scored, prompt=prompt, reference=reference))
         except NotScoredError as err:  # a reason, not a failure (e.g. an image below the metric's window)
             errors.append(f"{metric.name}/{suffix}: not scored: {err}")
         except Exception as err:  # one failing metric must not lose the image
@@ -552,6 +560,8 @@ def finish_item(refined: _Refined, plan: RunPlan, metrics: Sequence[Metric] = ()
     }
     row["note"] = "; ".join(filter(None, [str(row.get("note") or ""), kept]))
     errors: list[str] = []
+    if image.size != original.size and any(getattr(metric, "full_reference", False) for metric in metrics):
+        row["note"] = "; ".join(filter(None, [row["note"], f"full-reference metrics compare the {image.width}x{image.height} output resized to the input's {original.width}x{original.height}"]))
     original, image = fit_long_side(original, metric_resolution), fit_long_side(image, metric_resolution)
     _score(metrics, original, item.prompt, original, "before", row, errors)
     _score(metrics, image, item.prompt, original, "after", row, errors)
