@@ -329,14 +329,23 @@ def test_the_app_in_a_browser(app_url, browser, tmp_path):
     _set_number(browser, "feather", "0")
     next(label for label in browser.find_elements(By.CSS_SELECTOR, "#mask-start label") if "empty" in label.text).click()
     _wait(lambda: _coverage(browser) == 0.0, 30, "the empty mask")
-    editor = browser.find_element(By.ID, "mask-editor")
-    next(b for b in editor.find_elements(By.CSS_SELECTOR, "button") if b.get_attribute("aria-label") == "Brush").click()
-    canvas = max(editor.find_elements(By.CSS_SELECTOR, "canvas"), key=lambda c: c.size["width"] * c.size["height"])
-    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -int(canvas.size["width"] * 0.15), 0).click_and_hold()
-    for _ in range(4):
-        stroke = stroke.pause(0.1).move_by_offset(int(canvas.size["width"] * 0.06), 0)
-    stroke.release().perform()
-    painted = _wait(lambda: _coverage(browser) > 0 and _coverage(browser), 60, "the painted region in the mask")
+    time.sleep(2)  # the settings' last update rewrites the editor's layers: a stroke drawn before it lands is lost
+    painted = 0.0
+    for _ in range(3):  # a stroke drawn while the editor is still loading its layers is dropped: draw it again
+        editor = browser.find_element(By.ID, "mask-editor")
+        next(b for b in editor.find_elements(By.CSS_SELECTOR, "button") if b.get_attribute("aria-label") == "Brush").click()
+        canvas = max(editor.find_elements(By.CSS_SELECTOR, "canvas"), key=lambda c: c.size["width"] * c.size["height"])
+        stroke = ActionChains(browser).move_to_element_with_offset(canvas, -int(canvas.size["width"] * 0.15), 0).click_and_hold()
+        for _ in range(4):
+            stroke = stroke.pause(0.1).move_by_offset(int(canvas.size["width"] * 0.06), 0)
+        stroke.release().perform()
+        end = time.monotonic() + 30
+        while (painted := _coverage(browser)) <= 0 and time.monotonic() < end:
+            time.sleep(0.5)
+        if painted > 0:
+            break
+    browser.save_screenshot(str(tmp_path / "app-painted.png"))
+    assert painted > 0, "the painted stroke never reached the mask (see app-painted.png)"
     assert painted < 60  # a stroke, not the whole image
 
     browser.find_element(By.ID, "refine").click()
