@@ -364,9 +364,11 @@ def build_app(pipeline: GRefinePipeline, workdir: Path, examples: Sequence[tuple
             inputs=[image, prompt, start, perceptual, alignment, dilation, feather],
             outputs=[analysis_state, scores, pq_view, defect_view, phrases, strength1, editor, mask_view, coverage],
         )
+        # The mask updates are cheap and must never wait for a slot of the queue: a shared handler
+        # (one function behind five controls) left an "always_last" update queued forever.
         for control in (start, perceptual, alignment, dilation, feather):
-            control.change(on_settings, inputs=mask_inputs + [editor], outputs=[editor, mask_view, coverage], trigger_mode="always_last")
-        editor.change(on_edit, inputs=mask_inputs + [editor], outputs=[mask_view, coverage], trigger_mode="always_last")
+            control.change(on_settings, inputs=mask_inputs + [editor], outputs=[editor, mask_view, coverage], trigger_mode="always_last", concurrency_limit=None)
+        editor.change(on_edit, inputs=mask_inputs + [editor], outputs=[mask_view, coverage], trigger_mode="always_last", concurrency_limit=None)
         refine_button.click(
             on_refine,
             inputs=mask_inputs + [editor, strength1, steps1, strength2, steps2, seed, image, prompt],

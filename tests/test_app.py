@@ -166,3 +166,14 @@ def test_the_script_refuses_a_bad_port_or_config_before_loading_anything(tmp_pat
     assert app.main(["--config", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "dilaton" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_live_mask_updates_never_wait_for_a_queue_slot(pipe, tmp_path):
+    """The settings and the editor share two handlers over six events; with the queue's default
+    of one call at a time per handler, an "always_last" update could stay queued for good (seen in
+    the browser test: the editor spinning at "queue: 1/1"). They are cheap: no limit."""
+    from grefine.app import build_app  # gradio comes with the test extra
+
+    app = build_app(pipe, tmp_path)
+    live = [fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") in ("on_settings", "on_edit")]
+    assert len(live) == 6 and all(fn.concurrency_limit is None and fn.trigger_mode == "always_last" for fn in live)
