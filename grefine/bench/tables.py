@@ -43,6 +43,7 @@ from typing import Optional
 
 from grefine.eval.metrics import PAPER_METRICS, describe_metric
 from grefine.image_io import write_text_atomic
+from grefine.run.report import ChangeSummary
 
 PAPER_LABELS = {
     "clipiqa": "CLIPQA", "unique": "UNIQUE", "liqe": "LIQE", "dbcnn": "DBCNN", "topiq_nr": "TOPIQ",
@@ -70,21 +71,21 @@ NEGATIVE_MARK = "†"
 
 
 @dataclass(frozen=True)
-class MetricSummary:
-    """One metric of one method: means over the images with both scores, and counts."""
+class MetricSummary(ChangeSummary):
+    """One metric of one method (the report's :class:`~grefine.run.report.ChangeSummary`, keyed
+    by the metric): means over the images with both scores, and counts."""
 
-    metric: str
-    lower_better: bool
-    images: int
-    mean_before: float
-    mean_after: float
-    improved: int
-    worsened: int
-    unchanged: int
+    @property
+    def metric(self) -> str:
+        return self.key
+
+    @property
+    def unchanged(self) -> int:
+        return self.images - self.improved - self.worsened
 
     @property
     def change(self) -> float:
-        return self.mean_after - self.mean_before
+        return self.mean_delta
 
     @property
     def negative(self) -> bool:
@@ -159,14 +160,13 @@ def summarize_results(results_csv: Path, database: str = "", method: str = "") -
         before[name] = {image: b for image, b, _ in pairs}
         n = len(pairs)
         metrics[name] = MetricSummary(
-            metric=name,
+            key=name,
             lower_better=lower,
             images=n,
             mean_before=sum(b for _, b, _ in pairs) / n if n else math.nan,
             mean_after=sum(a for _, _, a in pairs) / n if n else math.nan,
             improved=sum(_better(a, b, lower) for _, b, a in pairs),
             worsened=sum(_better(b, a, lower) for _, b, a in pairs),
-            unchanged=sum(a == b for _, b, a in pairs),
         )
     verdicts = [row.get("verify", "") for row in usable]
     verified = sum(verdict in ("kept", "reverted") for verdict in verdicts)
